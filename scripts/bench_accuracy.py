@@ -1,0 +1,175 @@
+"""Accuracy benchmark: baseline student vs Ultralytics' native distill_model= vs yolo-kd presets, same data and seeds.
+
+Trains (or reuses) a teacher on the generated dataset, then for each seed trains the student with every method under
+identical settings, prints a table of mAP50 / mAP50-95 (mean and spread over seeds) and appends it, with the command,
+date and machine, to docs/BENCHMARKS.md.
+
+    python scripts/bench_accuracy.py --epochs 20 --teacher-epochs 40 --imgsz 160 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ultralytics import YOLO  # noqa: E402
+
+from yolo_kd import KDDetectionTrainer  # noqa: E402
+from yolo_kd.dataset import make_dataset  # noqa: E402
+
+METHODS = ("baseline", "native", "default", "logit", "feature")
+
+
+def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namespace, project: Path) -> dict:
+    """Train one student and return its final metrics."""
+    common = dict(
+        data=data,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        seed=seed,
+        deterministic=True,
+        workers=args.workers,
+        project=str(project),
+        name=f"{method}_s{seed}",
+        exist_ok=True,
+        plots=False,
+        device=args.device,
+        verbose=False,
+    )
+    model = YOLO(args.student)
+    t0 = time.time()
+    if method == "baseline":
+        model.train(**common)
+    elif method == "native":
+        model.train(distill_model=teacher, **common)
+    else:
+        model.train(trainer=KDDetectionTrainer, teacher=teacher, kd=method, **common)
+    m = model.trainer.metrics
+    return {
+        "method": method,
+        "seed": seed,
+        "mAP50": float(m["metrics/mAP50(B)"]),
+        "mAP50-95": float(m["metrics/mAP50-95(B)"]),
+        "minutes": (time.time() - t0) / 60,
+    }
+
+
+def table(results: list[dict], teacher_map: tuple[float, float]) -> str:
+    """Markdown table with mean and spread (max - min) over seeds, and gain over the baseline."""
+    rows = [
+        "| method | mAP50 | mAP50-95 | gain vs baseline (mAP50-95) | share of teacher gap closed | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    by = {m: [r for r in results if r["method"] == m] for m in METHODS}
+    base = statistics.mean(r["mAP50-95"] for r in by["baseline"]) if by["baseline"] else None
+    for method, rs in by.items():
+        if not rs:
+            continue
+        m50 = [r["mAP50"] for r in rs]
+        m95 = [r["mAP50-95"] for r in rs]
+        mean95 = statistics.mean(m95)
+        gain = f"{mean95 - base:+.4f}" if base is not None else "-"
+        gap = f"{(mean95 - base) / (teacher_map[1] - base):.0%}" if base is not None and teacher_map[1] > base else "-"
+        rows.append(
+            f"| {method} | {statistics.mean(m50):.4f} ± {(max(m50) - min(m50)) / 2:.4f} | "
+            f"{mean95:.4f} ± {(max(m95) - min(m95)) / 2:.4f} | {gain} | {gap} | {len(rs)} |"
+        )
+    rows.append(f"| teacher | {teacher_map[0]:.4f} | {teacher_map[1]:.4f} | | | |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--teacher-epochs", type=int, default=40)
+    p.add_argument("--imgsz", type=int, default=160)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--student", default="yolov8n.yaml")
+    p.add_argument("--teacher-model", default="yolov8s.yaml")
+    p.add_argument("--teacher", default=None, help="existing teacher checkpoint (skips teacher training)")
+    p.add_argument("--n-train", type=int, default=400)
+    p.add_argument("--n-val", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--project", default=str(ROOT / "runs" / "bench"))
+    p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    args = p.parse_args()
+
+    project = Path(args.project)
+    data = str(make_dataset(ROOT / "datasets", "kdshapes", args.n_train, args.n_val, args.imgsz, seed=0))
+    teacher = args.teacher
+    if teacher is None:
+        teacher_dir = project / f"teacher_{Path(args.teacher_model).stem}_e{args.teacher_epochs}_{args.imgsz}"
+        teacher = str(teacher_dir / "weights" / "best.pt")
+        if not Path(teacher).is_file():
+            YOLO(args.teacher_model).train(
+                data=data,
+                epochs=args.teacher_epochs,
+                imgsz=args.imgsz,
+                batch=args.batch,
+                seed=0,
+                workers=args.workers,
+                project=str(project),
+                name=teacher_dir.name,
+                exist_ok=True,
+                plots=False,
+                device=args.device,
+            )
+    tm = YOLO(teacher).val(
+        data=data,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        plots=False,
+        device=args.device,
+        project=str(project),
+        name="teacher_val",
+        exist_ok=True,
+        verbose=False,
+    )
+    teacher_map = (float(tm.box.map50), float(tm.box.map))
+
+    results_file = project / "accuracy_results.jsonl"
+    results = []
+    for seed in args.seeds:
+        for method in args.methods:
+            r = train(method, data, teacher, seed, args, project)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+            with open(results_file, "a") as f:
+                f.write(json.dumps(r) + "\n")
+
+    md = table(results, teacher_map)
+    print(md)
+    cmd = "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:])
+    cpu = platform.processor() or platform.machine()
+    header = (
+        f"\n## Accuracy: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+        f"Command: `{cmd}`  \nMachine: {os.cpu_count()} CPU cores ({cpu}), device={args.device}, "
+        f"torch {__import__('torch').__version__}, ultralytics {__import__('ultralytics').__version__}  \n"
+        f"Data: generated `kdshapes` ({args.n_train} train / {args.n_val} val, {args.imgsz} px, 10 classes); student "
+        f"{args.student}, teacher {teacher} ; {args.epochs} epochs, batch {args.batch}, seeds {args.seeds}. "
+        f"'±' is half the spread (max - min) over seeds.\n\n"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(header + md + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny generated dataset and a teacher checkpoint trained on it, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["YOLO_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+IMGSZ = 64
+
+
+@pytest.fixture(scope="session")
+def data_yaml(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from yolo_kd.dataset import make_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    return str(make_dataset(root, "tiny", n_train=16, n_val=8, imgsz=IMGSZ, seed=0))
+
+
+def _train(model: str, data: str, project: Path, name: str, epochs: int = 1) -> str:
+    from ultralytics import YOLO
+
+    YOLO(model).train(
+        data=data,
+        epochs=epochs,
+        imgsz=IMGSZ,
+        batch=8,
+        workers=0,
+        plots=False,
+        project=str(project),
+        name=name,
+        exist_ok=True,
+        verbose=False,
+        val=False,
+    )
+    return str(project / name / "weights" / "last.pt")
+
+
+@pytest.fixture(scope="session")
+def teacher_pt(data_yaml: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A yolov8s teacher (wider than the n student, so connectors really project channels)."""
+    return _train("yolov8s.yaml", data_yaml, tmp_path_factory.mktemp("teacher"), "t")
+
+
+@pytest.fixture(scope="session")
+def kd_run(data_yaml: str, teacher_pt: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-epoch run through the CLI, shared by the checks that only read its outputs."""
+    from yolo_kd.cli import main
+
+    project = tmp_path_factory.mktemp("kdrun")
+    rc = main(
+        [
+            "train",
+            "model=yolov8n.yaml",
+            f"teacher={teacher_pt}",
+            f"data={data_yaml}",
+            "kd=default",
+            "epochs=2",
+            f"imgsz={IMGSZ}",
+            "batch=8",
+            "workers=0",
+            "plots=False",
+            f"project={project}",
+            "name=run",
+        ]
+    )
+    assert rc == 0
+    return project / "run"

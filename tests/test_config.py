@@ -1,0 +1,66 @@
+"""KD settings: presets, validation, and no collision with Ultralytics' own keys."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from ultralytics.cfg import DEFAULT_CFG_DICT
+
+from yolo_kd.config import PRESET_DIR, KDConfig, KDConfigError, load_kd_config
+from yolo_kd.trainer import kd_keys
+
+
+def test_default_preset_equals_dataclass_defaults() -> None:
+    assert load_kd_config("default") == KDConfig() == load_kd_config(None)
+
+
+def test_presets_load_and_switch_terms() -> None:
+    logit, feature = load_kd_config("logit"), load_kd_config("feature")
+    assert logit.kd_cls > 0 and logit.kd_box == 0 and logit.kd_feat == 0
+    assert feature.kd_cls == 0 and feature.kd_box == 0 and feature.kd_feat > 0
+    assert load_kd_config(PRESET_DIR / "logit.yaml") == logit
+
+
+def test_every_preset_key_is_known() -> None:
+    for path in PRESET_DIR.glob("*.yaml"):
+        assert set(yaml.safe_load(path.read_text())) <= set(KDConfig.field_names()), path
+
+
+def test_overrides_win_over_preset() -> None:
+    cfg = load_kd_config("logit", kd_cls_temp=4, kd_feat_loss="mgd")
+    assert cfg.kd_cls_temp == 4.0 and cfg.kd_feat_loss == "mgd" and cfg.kd_feat == 0
+
+
+def test_kd_keys_never_collide_with_ultralytics() -> None:
+    assert not set(kd_keys()) & set(DEFAULT_CFG_DICT), "a KD key shadows an Ultralytics argument"
+    assert "distill_model" not in kd_keys() and "dis" not in kd_keys()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kd_cls": -1}, "kd_cls=-1.0 must be >= 0"),
+        ({"kd_cls_temp": 0}, "kd_cls_temp=0.0 must be > 0"),
+        ({"kd_feat_temp": -2}, "kd_feat_temp=-2.0 must be > 0"),
+        ({"kd_feat_loss": "l2"}, "kd_feat_loss='l2' is unknown"),
+        ({"kd_box": "big"}, "kd_box='big' must be a number"),
+        ({"kd_teacher_amp": "yes"}, "must be True or False"),
+        ({"kd_mgd_mask": 1.0}, "kd_mgd_mask=1.0 must be in [0, 1)"),
+        ({"kd_tmep": 2}, "unknown KD key(s) ['kd_tmep']"),
+    ],
+)
+def test_bad_values_raise_one_clear_error(kwargs: dict, message: str) -> None:
+    with pytest.raises(KDConfigError) as e:
+        load_kd_config(None, **kwargs)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_preset_names_the_choices() -> None:
+    with pytest.raises(KDConfigError, match="presets"):
+        load_kd_config("nope")
+
+
+def test_help_rows_document_every_key() -> None:
+    rows = KDConfig.help_rows()
+    assert [r[0] for r in rows] == list(KDConfig.field_names())
+    assert all(doc for _, _, doc in rows)

@@ -1,0 +1,215 @@
+"""End-to-end: the KD trainer on generated data with a teacher trained in the test session."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolo_kd import KDConfigError, KDDetectionTrainer
+from yolo_kd.cli import main
+from yolo_kd.trainer import read_kd_record
+
+from .conftest import IMGSZ
+
+KD_COLUMNS = ("train/kd_cls", "train/kd_box", "train/kd_feat")
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "results.csv") as f:
+        return [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_cli_run_logs_every_kd_term(kd_run: Path) -> None:
+    rows = _rows(kd_run)
+    assert len(rows) == 2
+    for row in rows:
+        for col in KD_COLUMNS:
+            value = float(row[col])
+            assert math.isfinite(value) and value > 0, (col, value)
+        # validation measures the student alone, with the same columns as training
+        assert all(float(row[c.replace("train/", "val/")]) == 0.0 for c in KD_COLUMNS)
+        assert float(row["val/box_loss"]) > 0
+
+
+def test_checkpoints_are_plain_students_loadable_without_yolo_kd(kd_run: Path, data_yaml: str) -> None:
+    best, last = kd_run / "weights" / "best.pt", kd_run / "weights" / "last.pt"
+    for ckpt_path in (best, last):
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        record = ckpt["kd"]
+        assert record["config"]["kd_feat_loss"] == "cwd" and "state" not in record  # finished: no connector state
+        assert set(ckpt["train_args"]) <= set(__import__("ultralytics").cfg.DEFAULT_CFG_DICT)
+    script = textwrap.dedent(
+        f"""
+        import sys, os
+        os.environ["YOLO_OFFLINE"] = "1"
+        sys.modules["yolo_kd"] = None  # any import of yolo_kd now raises ImportError
+        from ultralytics import YOLO
+        model = YOLO({str(best)!r})
+        n = sum(p.numel() for p in model.model.parameters())
+        assert type(model.model).__name__ == "DetectionModel", type(model.model)
+        assert not any("teacher" in k or "connector" in k for k in model.model.state_dict()), "KD state in student"
+        assert getattr(model.model, "criterion", None) is None
+        model.predict(__import__("numpy").zeros(({IMGSZ}, {IMGSZ}, 3), dtype="uint8"), imgsz={IMGSZ}, verbose=False)
+        m = model.val(data={data_yaml!r}, imgsz={IMGSZ}, batch=8, plots=False, verbose=False)
+        print("OK", n, m.box.map)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout
+    n_params = int(out.stdout.split("OK")[1].split()[0])
+    assert n_params < 3.5e6  # a YOLOv8n student (3.0M), nothing of the 11M teacher
+
+
+def test_teacher_frozen_connectors_trained_hooks_gone(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
+    seen: dict = {}
+
+    def on_train_start(trainer: KDDetectionTrainer) -> None:
+        seen["teacher"] = {k: v.clone() for k, v in trainer.teacher.model.state_dict().items()}
+        seen["connectors"] = {k: v.clone() for k, v in trainer.kd_modules.state_dict().items()}
+        opt_ids = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+        seen["kd_in_opt"] = all(id(p) in opt_ids for p in trainer.kd_modules.parameters())
+        seen["teacher_in_opt"] = any(id(p) in opt_ids for p in trainer.teacher.parameters())
+        seen["teacher_in_student"] = any("teacher" in k for k in trainer.model.state_dict())
+
+    def on_train_batch_end(trainer: KDDetectionTrainer) -> None:
+        seen["teacher_training"] = seen.get("teacher_training", False) or trainer.teacher.model.training
+        seen["teacher_grad"] = seen.get("teacher_grad", False) or any(
+            p.grad is not None for p in trainer.teacher.parameters()
+        )
+
+    trainer = KDDetectionTrainer(
+        overrides=dict(
+            model="yolov8n.yaml",
+            data=data_yaml,
+            teacher=teacher_pt,
+            epochs=1,
+            imgsz=IMGSZ,
+            batch=8,
+            workers=0,
+            plots=False,
+            project=str(tmp_path),
+            name="frozen",
+            val=False,
+        )
+    )
+    trainer.add_callback("on_train_start", on_train_start)
+    trainer.add_callback("on_train_batch_end", on_train_batch_end)
+    trainer.train()
+
+    assert seen["kd_in_opt"] and not seen["teacher_in_opt"] and not seen["teacher_in_student"]
+    assert not seen["teacher_training"] and not seen["teacher_grad"]
+    after = trainer.teacher.model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in seen["teacher"].items()), "teacher weights or buffers moved"
+    moved = [k for k, v in trainer.kd_modules.state_dict().items() if not torch.equal(v, seen["connectors"][k])]
+    assert moved, "connector weights never changed: they are not trained"
+    head = trainer.teacher.model.model[-1]
+    assert len(head._forward_pre_hooks) == 0 and len(head._forward_hooks) == 0
+    assert getattr(trainer.model, "criterion", None) is None
+
+
+def test_resume_continues_with_teacher_and_connectors(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
+    class Crash(Exception):
+        pass
+
+    def crash_after_first_save(trainer: KDDetectionTrainer) -> None:
+        raise Crash
+
+    trainer = KDDetectionTrainer(
+        overrides=dict(
+            model="yolov8n.yaml",
+            data=data_yaml,
+            teacher=teacher_pt,
+            epochs=2,
+            imgsz=IMGSZ,
+            batch=8,
+            workers=0,
+            plots=False,
+            project=str(tmp_path),
+            name="resume",
+            kd="feature",
+            kd_feat_loss="mgd",
+        )
+    )
+    trainer.add_callback("on_model_save", crash_after_first_save)
+    with pytest.raises(Crash):
+        trainer.train()
+    last = tmp_path / "resume" / "weights" / "last.pt"
+    record = read_kd_record(last)
+    assert record["config"]["kd_feat_loss"] == "mgd" and record["state"]
+
+    loaded: dict = {}
+
+    def on_pretrain_routine_end(trainer: KDDetectionTrainer) -> None:
+        loaded["state"] = {k: v.detach().cpu().clone() for k, v in trainer.kd_modules.state_dict().items()}
+        loaded["cfg"] = trainer.kd_cfg
+
+    from ultralytics import YOLO
+
+    model = YOLO(str(last))
+    model.add_callback("on_pretrain_routine_end", on_pretrain_routine_end)
+    model.train(trainer=KDDetectionTrainer, resume=True)
+    assert loaded["cfg"].kd_feat_loss == "mgd" and loaded["cfg"].kd_cls == 0
+    assert all(torch.equal(v, loaded["state"][k]) for k, v in record["state"].items())
+    rows = _rows(tmp_path / "resume")
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2]
+    assert float(rows[1]["train/kd_feat"]) > 0
+
+
+def _bad(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> str:
+    rc = main(["train", *argv, f"project={tmp_path / 'proj'}", "name=bad", "epochs=1", f"imgsz={IMGSZ}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "proj").exists(), "a run folder was created before the error"
+    return err
+
+
+def test_bad_input_stops_before_training(
+    data_yaml: str, teacher_pt: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = ["model=yolov8n.yaml", f"data={data_yaml}"]
+    assert "no such file" in _bad([*base, "teacher=missing.pt"], tmp_path, capsys)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert "not a readable Ultralytics checkpoint" in _bad([*base, f"teacher={junk}"], tmp_path, capsys)
+    assert "teacher= is required" in _bad(base, tmp_path, capsys)
+    assert "unknown KD key" in _bad([*base, f"teacher={teacher_pt}", "kd_temp=3"], tmp_path, capsys)
+    assert "kd_box=-1.0 must be >= 0" in _bad([*base, f"teacher={teacher_pt}", "kd_box=-1"], tmp_path, capsys)
+    assert "kd_cls_temp=0.0 must be > 0" in _bad([*base, f"teacher={teacher_pt}", "kd_cls_temp=0"], tmp_path, capsys)
+    assert "kd_feat_loss='fitnet'" in _bad([*base, f"teacher={teacher_pt}", "kd_feat_loss=fitnet"], tmp_path, capsys)
+    p2 = "model=yolov8n-p2.yaml"  # strides 4..32 against the teacher's 8..32
+    assert "strides" in _bad([p2, f"data={data_yaml}", f"teacher={teacher_pt}"], tmp_path, capsys)
+    other = Path(data_yaml).with_name("other.yaml")
+    other.write_text(Path(data_yaml).read_text().replace("disc_red", "apple"))
+    assert "differ from the student's" in _bad(
+        ["model=yolov8n.yaml", f"data={other}", f"teacher={teacher_pt}"], tmp_path, capsys
+    )
+
+
+def test_classifier_teacher_is_rejected(tmp_path: Path) -> None:
+    from ultralytics.nn.tasks import ClassificationModel
+
+    from yolo_kd.teacher import load_teacher_model
+
+    path = tmp_path / "cls.pt"
+    model = ClassificationModel("yolov8n-cls.yaml", nc=3, verbose=False)
+    torch.save({"model": model, "train_args": {}}, path)
+    with pytest.raises(KDConfigError, match="not a detection model"):
+        load_teacher_model(path)
+
+
+def test_help_lists_every_kd_key(capsys: pytest.CaptureFixture) -> None:
+    from yolo_kd.config import KDConfig
+
+    assert main(["help"]) == 0
+    out = capsys.readouterr().out
+    for key in ("teacher", "kd", *KDConfig.field_names()):
+        assert f"  {key} " in out, key

@@ -1,0 +1,99 @@
+"""``yolo-kd`` command line, in Ultralytics' ``key=value`` style.
+
+yolo-kd train model=yolov8n.yaml teacher=teacher.pt data=data.yaml kd=default epochs=100 imgsz=640
+yolo-kd train resume=runs/detect/train/weights/last.pt
+yolo-kd dataset [root=datasets] [name=kdshapes] [n_train=400] [n_val=100] [imgsz=160] [seed=0]
+yolo-kd help
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+from ultralytics.cfg import smart_value  # noqa: E402
+
+from .config import KDConfig, KDConfigError  # noqa: E402
+
+USAGE = __doc__
+
+
+def parse_pairs(argv: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` words with Ultralytics' own value rules (numbers, booleans, None, lists)."""
+    out: dict[str, Any] = {}
+    for word in argv:
+        if "=" not in word:
+            raise KDConfigError(f"'{word}' is not key=value")
+        key, value = word.split("=", 1)
+        if not key or value == "":
+            raise KDConfigError(f"'{word}' needs both a key and a value")
+        out[key.strip()] = smart_value(value.strip())
+    return out
+
+
+def help_text() -> str:
+    rows = [
+        ("teacher", None, "Path of the trained teacher checkpoint (.pt). Required, except on resume."),
+        ("kd", "default", "KD preset name in configs/kd/ (default, logit, feature) or a YAML file of kd_* keys."),
+        *KDConfig.help_rows(),
+    ]
+    width = max(len(k) for k, _, _ in rows)
+    lines = [USAGE.strip(), "", "KD keys (any other key=value is passed to Ultralytics' trainer untouched):"]
+    lines += [f"  {k:<{width}}  default={d!s:<8} {doc}" for k, d, doc in rows]
+    return "\n".join(lines)
+
+
+def cmd_train(kwargs: dict[str, Any]) -> None:
+    from ultralytics import YOLO
+
+    from .trainer import KDDetectionTrainer
+
+    resume = kwargs.get("resume")
+    if resume not in (None, False):
+        if resume is True:
+            raise KDConfigError("resume needs a path: yolo-kd train resume=runs/.../weights/last.pt")
+        model = YOLO(str(resume))
+        kwargs["resume"] = True  # Model.train maps resume=True to its own checkpoint path
+        model.train(trainer=KDDetectionTrainer, **kwargs)
+        return
+    model = YOLO(kwargs.pop("model", "yolov8n.yaml"))
+    model.train(trainer=KDDetectionTrainer, **kwargs)
+
+
+def cmd_demo(kwargs: dict[str, Any]) -> None:
+    from .demo import run_demo
+
+    run_demo(**kwargs)
+
+
+def cmd_dataset(kwargs: dict[str, Any]) -> None:
+    from .dataset import make_dataset
+
+    print(make_dataset(**kwargs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"help", "-h", "--help"}:
+        print(help_text())
+        return 0
+    command, rest = argv[0], argv[1:]
+    commands = {"train": cmd_train, "demo": cmd_demo, "dataset": cmd_dataset}
+    if command not in commands:
+        print(
+            f"yolo-kd: unknown command '{command}'; commands: {sorted(commands)} (see 'yolo-kd help')", file=sys.stderr
+        )
+        return 2
+    try:
+        commands[command](parse_pairs(rest))
+    except KDConfigError as e:
+        print(f"yolo-kd: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Typed, validated knowledge-distillation settings.
+
+Every KD key starts with ``kd_`` (plus ``teacher`` and ``kd`` itself), so none collides with an Ultralytics argument;
+``tests/test_config.py`` checks that against the installed ``ultralytics/cfg/default.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "kd"
+FEATURE_LOSS_NAMES = ("cwd", "mgd")  # kept in step with yolo_kd.losses.FEATURE_LOSSES (a test checks)
+
+
+class KDConfigError(ValueError):
+    """A bad KD setting or teacher, reported as one line before any training starts."""
+
+
+@dataclass
+class KDConfig:
+    """Knowledge-distillation settings; the defaults are the ``default`` preset (logit + box + CWD).
+
+    Gains multiply each term the way Ultralytics' ``box``/``cls``/``dfl`` gains multiply the detection terms.
+    A gain of 0 switches its term off (it is not computed, and its column stays at 0).
+    """
+
+    kd_cls: float = 1.0
+    """Gain of class-logit KD: per-class binary KL between teacher and student sigmoid scores."""
+    kd_box: float = 0.5
+    """Gain of box-distribution KD (LD): KL between teacher and student DFL bin distributions."""
+    kd_feat: float = 1.0
+    """Gain of feature-map KD on the neck maps that feed the Detect head (P3/P4/P5)."""
+    kd_cls_temp: float = 2.0
+    """Temperature of class-logit KD (logits are divided by it; the loss is scaled by its square)."""
+    kd_box_temp: float = 2.0
+    """Temperature of box-distribution KD."""
+    kd_feat_loss: str = "cwd"
+    """Feature loss: 'cwd' (channel-wise distillation, Shu et al. 2021) or 'mgd' (masked generative distillation,
+    Yang et al. 2022)."""
+    kd_feat_temp: float = 1.0
+    """Temperature of CWD's spatial softmax."""
+    kd_mgd_mask: float = 0.5
+    """Share of student feature pixels MGD masks out before regenerating the teacher map."""
+    kd_weight_power: float = 1.0
+    """Anchor weight = teacher confidence ** power (0 weighs every anchor alike)."""
+    kd_teacher_amp: bool = True
+    """Run the teacher in reduced precision where the hardware does it natively (fp16 on CUDA, bf16 on CPUs with
+    native bf16); False keeps it in fp32."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``KDConfigError`` naming the first bad value."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise KDConfigError(f"{f.name}={value!r} must be a number")
+                setattr(self, f.name, float(value))
+            elif f.type == "bool" and not isinstance(value, bool):
+                raise KDConfigError(f"{f.name}={value!r} must be True or False")
+        for name in ("kd_cls", "kd_box", "kd_feat", "kd_weight_power"):
+            if getattr(self, name) < 0:
+                raise KDConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("kd_cls_temp", "kd_box_temp", "kd_feat_temp"):
+            if getattr(self, name) <= 0:
+                raise KDConfigError(f"{name}={getattr(self, name)} must be > 0")
+        if not 0.0 <= self.kd_mgd_mask < 1.0:
+            raise KDConfigError(f"kd_mgd_mask={self.kd_mgd_mask} must be in [0, 1)")
+        if self.kd_feat_loss not in FEATURE_LOSS_NAMES:
+            raise KDConfigError(f"kd_feat_loss={self.kd_feat_loss!r} is unknown; choose one of {FEATURE_LOSS_NAMES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, as stored in checkpoints."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of every KD field."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def help_rows(cls) -> list[tuple[str, Any, str]]:
+        """(key, default, meaning) for every field, read from the attribute docstrings in this file."""
+        docs = _field_docs()
+        default = cls()
+        return [(k, getattr(default, k), docs.get(k, "")) for k in cls.field_names()]
+
+
+def _field_docs() -> dict[str, str]:
+    """Read each field's docstring from this source file (dataclasses keep no per-field docs at run time)."""
+    import ast
+
+    tree = ast.parse(Path(__file__).read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KDConfig")
+    docs, last = {}, None
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            last = node.target.id
+        elif last and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            docs[last] = " ".join(str(node.value.value).split())
+            last = None
+    return docs
+
+
+def resolve_preset(kd: str | Path | None) -> Path | None:
+    """Map ``kd=`` to a YAML file: a path, or a preset name in ``configs/kd/`` ('default', 'logit', 'feature')."""
+    if kd is None or kd == "":
+        return None
+    path = Path(kd)
+    if path.suffix in {".yaml", ".yml"}:
+        if not path.is_file():
+            raise KDConfigError(f"kd={kd}: no such file")
+        return path
+    preset = PRESET_DIR / f"{kd}.yaml"
+    if not preset.is_file():
+        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise KDConfigError(f"kd={kd}: not a YAML file nor a preset name; presets: {names}")
+    return preset
+
+
+def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDConfig:
+    """Build a validated ``KDConfig`` from a preset or YAML path (or dict), then per-key overrides.
+
+    Without ``kd`` the dataclass defaults apply, which equal ``configs/kd/default.yaml`` (a test checks).
+    Unknown keys and bad values raise ``KDConfigError``.
+    """
+    values: dict[str, Any] = {}
+    if isinstance(kd, dict):
+        values.update(kd)
+    else:
+        path = resolve_preset(kd)
+        if path is not None:
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise KDConfigError(f"kd={kd}: expected a mapping of kd_* keys, got {type(loaded).__name__}")
+            values.update(loaded)
+    values.update(overrides)
+    unknown = sorted(set(values) - set(KDConfig.field_names()))
+    if unknown:
+        raise KDConfigError(f"unknown KD key(s) {unknown}; valid keys: {list(KDConfig.field_names())}")
+    try:
+        return KDConfig(**values)
+    except TypeError as e:  # wrong field types that dataclass construction itself rejects
+        raise KDConfigError(str(e)) from e

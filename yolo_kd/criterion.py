@@ -1,0 +1,127 @@
+"""The criterion that adds the distillation terms to Ultralytics' detection loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import KDConfig
+from .hooks import DetectTap
+from .losses import FEATURE_LOSSES, DistributionKD, SigmoidLogitKD
+from .teacher import FrozenTeacher
+
+KD_TERMS = ("kd_cls", "kd_box", "kd_feat")
+
+
+@torch.no_grad()
+def probe_head_channels(model: nn.Module) -> list[int]:
+    """Channels of each map entering the model's Detect head, read from one tiny forward pass in eval mode."""
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    size = int(max(model.stride)) * 2
+    ch = model.yaml.get("channels", 3) if isinstance(getattr(model, "yaml", None), dict) else 3
+    try:
+        with DetectTap(model) as tap:
+            model(torch.zeros(1, ch, size, size, device=p.device, dtype=p.dtype))
+            return [f.shape[1] for f in tap.pop()]
+    finally:
+        model.train(was_training)
+
+
+class KDModules(nn.Module):
+    """Everything that trains alongside the student for distillation and is never saved inside it.
+
+    Holds one 1x1 connector per head level (student channels -> teacher channels) and the feature loss of each level
+    (MGD's generators are trainable). Its parameters get their own optimizer group; its state is stored in ``last.pt``
+    as plain tensors under ``ckpt["kd"]["state"]`` so a resumed run continues with the same connectors.
+    """
+
+    def __init__(self, student_channels: list[int], teacher_channels: list[int], cfg: KDConfig) -> None:
+        super().__init__()
+        enabled = cfg.kd_feat > 0
+        self.connectors = nn.ModuleList(
+            nn.Conv2d(cs, ct, kernel_size=1) for cs, ct in zip(student_channels, teacher_channels) if enabled
+        )
+        loss_cls = FEATURE_LOSSES[cfg.kd_feat_loss]
+        self.feature_losses = nn.ModuleList(
+            loss_cls(ct, temperature=cfg.kd_feat_temp, mask_ratio=cfg.kd_mgd_mask) for ct in teacher_channels if enabled
+        )
+
+    def feature_loss(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over levels of each level's feature loss between projected student maps and teacher maps."""
+        terms = [loss(conn(s), t) for conn, loss, s, t in zip(self.connectors, self.feature_losses, student, teacher)]
+        return torch.stack(terms).mean()
+
+
+class KDLoss:
+    """Ultralytics' detection criterion plus class-logit, box-distribution and feature distillation.
+
+    Called like the criterion it wraps, ``(preds, batch) -> (loss, loss_items)``. ``loss`` is the detection loss
+    vector followed by ``kd_cls``, ``kd_box`` and ``kd_feat``, each already multiplied by its gain and by the batch
+    size exactly as Ultralytics scales box/cls/dfl, and ``loss_items`` gains the three names, which become columns of
+    ``results.csv`` and of the progress bar. The teacher runs once per call, on the same preprocessed batch.
+
+    It is set as the training model's ``criterion`` attribute, a plain attribute, so the teacher and connectors are
+    never in the student's ``parameters()`` or ``state_dict()``. ``copy.deepcopy`` (the EMA, checkpoint snapshots)
+    yields ``None`` for it: a copy of the student falls back to the plain Ultralytics criterion and never carries the
+    teacher.
+    """
+
+    def __init__(self, base: Any, teacher: FrozenTeacher, modules: KDModules, cfg: KDConfig, reg_max: int) -> None:
+        self.base = base
+        self.teacher = teacher
+        self.modules = modules
+        self.cfg = cfg
+        self.logit = SigmoidLogitKD(cfg.kd_cls_temp)
+        self.box = DistributionKD(reg_max, cfg.kd_box_temp) if box_kd_reason(cfg, reg_max, teacher) is None else None
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+    def update(self) -> None:
+        """Per-epoch update of the wrapped criterion (end-to-end heads re-balance their branches)."""
+        if hasattr(self.base, "update"):
+            self.base.update()
+
+    def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, items = self.base(preds, batch)
+        student = self.base.parse_output(preds) if hasattr(self.base, "parse_output") else preds
+        if "scores" not in student:  # end-to-end heads: distil the dense one2many branch
+            student = student["one2many"]
+        teacher = self.teacher(batch["img"])
+        kd = self.terms(student, teacher)
+        # A non-finite term (a diverging connector, say) must not poison the student: drop it for this step, on the
+        # device, without a host sync.
+        kd = torch.where(torch.isfinite(kd), kd, torch.zeros_like(kd))
+        batch_size = student["scores"].shape[0]
+        items = dict(items)
+        items.update(zip(KD_TERMS, kd.detach()))
+        return torch.cat([loss.view(-1), kd.to(loss.dtype) * batch_size]), items
+
+    def terms(self, student: dict[str, Any], teacher: dict[str, Any]) -> torch.Tensor:
+        """The three gain-scaled KD terms ``[kd_cls, kd_box, kd_feat]`` for one batch, as a (3,) tensor."""
+        cfg = self.cfg
+        zero = student["scores"].new_zeros((), dtype=torch.float32)
+        weight = teacher["scores"].sigmoid().amax(1)
+        if cfg.kd_weight_power != 1.0:
+            weight = weight.pow(cfg.kd_weight_power)
+        kd_cls = cfg.kd_cls * self.logit(student["scores"], teacher["scores"], weight) if cfg.kd_cls > 0 else zero
+        kd_box = cfg.kd_box * self.box(student["boxes"], teacher["boxes"], weight) if self.box is not None else zero
+        kd_feat = (
+            cfg.kd_feat * self.modules.feature_loss(student["feats"], teacher["feats"]) if cfg.kd_feat > 0 else zero
+        )
+        return torch.stack([kd_cls, kd_box, kd_feat])
+
+
+def box_kd_reason(cfg: KDConfig, reg_max: int, teacher: FrozenTeacher) -> str | None:
+    """Why box-distribution KD is off for this pair, or None when it runs."""
+    if cfg.kd_box <= 0:
+        return "kd_box=0"
+    if reg_max <= 1:
+        return "the student has no DFL box distribution (reg_max=1)"
+    if teacher.reg_max != reg_max:
+        return f"teacher reg_max={teacher.reg_max} differs from the student's reg_max={reg_max}"
+    return None

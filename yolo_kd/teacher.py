@@ -1,0 +1,103 @@
+"""Load, check and run the frozen teacher."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+from ultralytics.nn.tasks import load_checkpoint
+
+from .config import KDConfigError
+from .hooks import DetectTap, find_detect_head
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, recorded in checkpoints so a resume can tell the teacher file has changed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_teacher_model(path: str | Path) -> nn.Module:
+    """Load an Ultralytics detection checkpoint as an fp32 model on the CPU, or raise one clear ``KDConfigError``."""
+    if path is None or str(path) == "":
+        raise KDConfigError("teacher= is required: the path of a trained Ultralytics detection checkpoint (.pt)")
+    p = Path(path)
+    if not p.is_file():
+        raise KDConfigError(f"teacher={path}: no such file")
+    try:
+        model, _ = load_checkpoint(p)
+    except Exception as e:  # torch/pickle errors on truncated or foreign files: report, don't dump a deep traceback
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KDConfigError(f"teacher={path}: not a readable Ultralytics checkpoint ({msg})") from None
+    task = getattr(model, "task", None)
+    try:
+        find_detect_head(model)
+    except ValueError:
+        task = None
+    if task != "detect":
+        raise KDConfigError(f"teacher={path}: not a detection model (task={task!r}); KD needs a Detect-headed teacher")
+    return model
+
+
+def reduced_precision(device: torch.device) -> torch.dtype | None:
+    """The dtype the teacher can run in natively on ``device``: fp16 on CUDA, bf16 on CPUs with native bf16."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+class FrozenTeacher(nn.Module):
+    """A fused, frozen teacher that always stays in eval mode and returns its raw head outputs.
+
+    ``train(True)`` is ignored: the teacher's normalisation statistics must never move, whatever the trainer does to
+    the modules around it.
+
+    Args:
+        model: An Ultralytics detection model (fused here).
+        device: Where it runs.
+        amp: Use reduced precision where native (see ``reduced_precision``); False keeps fp32.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, amp: bool = True) -> None:
+        super().__init__()
+        model = model.float().fuse(verbose=False) if hasattr(model, "fuse") else model.float()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.dtype = reduced_precision(device) if amp else None
+        if device.type == "cuda" and self.dtype == torch.float16:
+            model = model.half()  # CUDA fp16 weights: no per-step cast of the weights by autocast
+        self.model = model.to(device).eval()
+        self.device = device
+        self.tap = DetectTap(self.model)
+        self.reg_max = find_detect_head(self.model).reg_max
+        self.nc = find_detect_head(self.model).nc
+        self.stride = self.model.stride
+        self.names = getattr(self.model, "names", {})
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Run the teacher once and return ``{"boxes": (B, 4*R, A), "scores": (B, C, A), "feats": [...]}`` in fp32."""
+        if self.dtype == torch.float16:
+            images, ctx = images.half(), nullcontext()
+        elif self.dtype == torch.bfloat16:
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+        else:
+            ctx = nullcontext()
+        with self.tap, ctx:
+            out = self.model(images)
+            feats = self.tap.pop()
+        raw = out[1] if isinstance(out, tuple) else out
+        if "scores" not in raw:  # end-to-end heads: the dense one2many branch, unless fusion removed it
+            raw = raw.get("one2many") or raw["one2one"]
+        return {"boxes": raw["boxes"].float(), "scores": raw["scores"].float(), "feats": [f.float() for f in feats]}

@@ -1,0 +1,224 @@
+"""``KDDetectionTrainer``: Ultralytics' DetectionTrainer with a frozen teacher and distillation terms."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
+from ultralytics.utils.torch_utils import unwrap_model
+
+from .config import KDConfig, KDConfigError, load_kd_config
+from .criterion import KDLoss, KDModules, box_kd_reason, probe_head_channels
+from .teacher import FrozenTeacher, file_sha256, load_teacher_model
+
+KD_RECORD = "kd"  # checkpoint key holding yolo-kd's plain-data record (config, teacher, connector state)
+RUN_KEYS = ("teacher", "kd")  # KD keys besides the KDConfig fields
+
+
+def kd_keys() -> tuple[str, ...]:
+    """Every key the KD trainer takes out of Ultralytics' overrides."""
+    return (*RUN_KEYS, *KDConfig.field_names())
+
+
+def _norm(name: str) -> str:
+    return str(name).lower().replace(" ", "").replace("_", "")
+
+
+def _names(names: Any) -> list[str]:
+    return list(names.values()) if isinstance(names, dict) else list(names or [])
+
+
+def read_kd_record(path: str | Path) -> dict[str, Any] | None:
+    """The yolo-kd record of a checkpoint (None for a checkpoint yolo-kd did not write)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt.get(KD_RECORD) if isinstance(ckpt, dict) else None
+
+
+class KDDetectionTrainer(DetectionTrainer):
+    """DetectionTrainer that distils a frozen teacher into the student.
+
+    Takes every Ultralytics train argument plus ``teacher=PATH``, ``kd=PRESET_OR_YAML`` and any ``kd_*`` key of
+    ``KDConfig``; those are removed before Ultralytics parses the rest, so Ultralytics' own keys pass untouched.
+    Bad KD input raises ``KDConfigError`` before the run folder is created.
+
+    Example:
+        >>> from ultralytics import YOLO
+        >>> YOLO("yolov8n.yaml").train(trainer=KDDetectionTrainer, data="data.yaml", teacher="teacher.pt", epochs=100)
+    """
+
+    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: Any = None):
+        overrides = dict(overrides or {})
+        kd_args = {k: overrides.pop(k) for k in list(overrides) if k in kd_keys()}
+        unknown = sorted(k for k in overrides if k.startswith("kd_"))
+        if unknown:
+            raise KDConfigError(f"unknown KD key(s) {unknown}; valid keys: {list(kd_keys())}")
+        record = self._resume_record(overrides.get("resume"))
+        if record is not None:  # resume: the KD settings and teacher come from the checkpoint
+            self.kd_cfg = load_kd_config(record["config"])
+            teacher = kd_args.get("teacher") or record["teacher"]
+            self.teacher_sha256 = file_sha256(teacher) if Path(teacher).is_file() else None
+            if self.teacher_sha256 is not None and self.teacher_sha256 != record.get("teacher_sha256"):
+                raise KDConfigError(
+                    f"teacher={teacher} is not the teacher this run was trained with (file hash differs)"
+                )
+        else:
+            self.kd_cfg = load_kd_config(
+                kd_args.pop("kd", None), **{k: v for k, v in kd_args.items() if k != "teacher"}
+            )
+            teacher = kd_args.get("teacher")
+        self.teacher_path = str(Path(teacher).resolve()) if teacher else teacher
+        self._teacher_model = load_teacher_model(teacher)
+        if record is None:
+            self.teacher_sha256 = file_sha256(teacher)
+            self._check_pair(overrides)
+        self.teacher: FrozenTeacher | None = None
+        self.kd_modules: KDModules | None = None
+        self._resume_state = (record or {}).get("state")
+        super().__init__(cfg, overrides, _callbacks)
+
+    @staticmethod
+    def _resume_record(resume: Any) -> dict[str, Any] | None:
+        if not resume or not isinstance(resume, (str, Path)) or not Path(resume).is_file():
+            return None  # resume=True without a path: Ultralytics finds the run; the KD record is read then
+        record = read_kd_record(resume)
+        if record is None:
+            raise KDConfigError(f"resume={resume} was not written by yolo-kd (no '{KD_RECORD}' record)")
+        return record
+
+    def _check_pair(self, overrides: dict[str, Any]) -> None:
+        """Check strides and classes of teacher and student before anything is written to disk."""
+        teacher = self._teacher_model
+        model, data = overrides.get("model"), overrides.get("data")
+        data_names = None
+        if isinstance(data, (str, Path)) and str(data).endswith((".yaml", ".yml")) and Path(data).is_file():
+            data_names = _names(YAML.load(data).get("names"))
+        if isinstance(model, (str, Path)) and str(model).endswith((".yaml", ".yml")):
+            student_stride = DetectionModel(str(model), nc=len(data_names or [0]), verbose=False).stride
+        elif isinstance(model, (str, Path)) and str(model).endswith(".pt") and Path(model).is_file():
+            student_stride = load_checkpoint(model)[0].stride
+        else:
+            student_stride = None
+        if student_stride is not None and student_stride.tolist() != teacher.stride.tolist():
+            raise KDConfigError(
+                f"teacher strides {teacher.stride.int().tolist()} differ from the student's "
+                f"{student_stride.int().tolist()}: their head maps cannot be matched"
+            )
+        if data_names is not None:
+            self._check_classes(_names(teacher.names), data_names)
+
+    def _check_classes(self, teacher_names: list[str], student_names: list[str]) -> None:
+        if [_norm(n) for n in teacher_names] != [_norm(n) for n in student_names]:
+            raise KDConfigError(
+                f"teacher classes {teacher_names[:8]}{'...' if len(teacher_names) > 8 else ''} differ from the "
+                f"student's {student_names[:8]}{'...' if len(student_names) > 8 else ''}; "
+                "logit KD needs the same classes in the same order"
+            )
+
+    # --- model, optimizer and criterion -------------------------------------------------------------------------
+
+    def setup_model(self):
+        """Build the student as Ultralytics does, then the frozen teacher and the KD connectors beside it."""
+        ckpt = super().setup_model()
+        student = unwrap_model(self.model)
+        if self.teacher is None:
+            self._check_classes(_names(self._teacher_model.names), _names(self.data["names"]))
+            self.teacher = FrozenTeacher(self._teacher_model, self.device, amp=self.kd_cfg.kd_teacher_amp)
+            self._teacher_model = None  # the fused copy inside FrozenTeacher is the only one kept
+            s_ch = probe_head_channels(student)
+            t_ch = probe_head_channels(self.teacher.model)
+            self.kd_modules = KDModules(s_ch, t_ch, self.kd_cfg).to(self.device)
+            if self._resume_state:
+                self.kd_modules.load_state_dict(self._resume_state)
+            self._log_setup(student, s_ch, t_ch)
+        return ckpt
+
+    def _log_setup(self, student: torch.nn.Module, s_ch: list[int], t_ch: list[int]) -> None:
+        if RANK not in {-1, 0}:
+            return
+        cfg = self.kd_cfg
+        reason = box_kd_reason(cfg, student.model[-1].reg_max, self.teacher)
+        prefix = colorstr("yolo-kd:")
+        LOGGER.info(f"{prefix} teacher {self.teacher_path} ({self.teacher.dtype or torch.float32} on {self.device})")
+        LOGGER.info(
+            f"{prefix} kd_cls={cfg.kd_cls} (T={cfg.kd_cls_temp}), kd_box={cfg.kd_box} (T={cfg.kd_box_temp}), "
+            f"kd_feat={cfg.kd_feat} ({cfg.kd_feat_loss}, student {s_ch} -> teacher {t_ch} channels)"
+        )
+        if reason is not None and cfg.kd_box > 0:
+            LOGGER.warning(f"{prefix} box-distribution KD is off: {reason}")
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Ultralytics' optimizer plus one group for the KD connectors (no weight decay), scheduled like the rest."""
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        params = [p for p in self.kd_modules.parameters() if p.requires_grad] if self.kd_modules is not None else []
+        if params:
+            base = {k: v for k, v in optimizer.param_groups[0].items() if k not in {"params", "param_group"}}
+            optimizer.add_param_group({**base, "params": params, "weight_decay": 0.0, "param_group": "kd"})
+        return optimizer
+
+    def _setup_train(self):
+        super()._setup_train()
+        model = unwrap_model(self.model)
+        base = getattr(model, "criterion", None) or model.init_criterion()
+        model.criterion = KDLoss(base, self.teacher, self.kd_modules, self.kd_cfg, model.model[-1].reg_max)
+
+    def _model_train(self):
+        super()._model_train()
+        if self.kd_modules is not None:
+            self.kd_modules.train()
+
+    def _do_train(self):
+        try:
+            super()._do_train()
+        finally:
+            # Drop the KD criterion from the live student so nothing of the teacher outlives training through it.
+            if isinstance(self.model, torch.nn.Module):
+                unwrap_model(self.model).criterion = None
+
+    # --- checkpoints -----------------------------------------------------------------------------------------------
+
+    def kd_record(self, with_state: bool) -> dict[str, Any]:
+        """Plain data that resume needs: KD config, teacher path and hash, and (optionally) the connector state."""
+        record: dict[str, Any] = {
+            "format": "yolo-kd/1",
+            "config": self.kd_cfg.to_dict(),
+            "teacher": self.teacher_path,
+            "teacher_sha256": self.teacher_sha256,
+        }
+        if with_state and self.kd_modules is not None:
+            record["state"] = {k: v.detach().float().cpu().clone() for k, v in self.kd_modules.state_dict().items()}
+        return record
+
+    def save_model(self):
+        """Save as Ultralytics does, then add the KD record (connector state only in ``last.pt``, for resume)."""
+        saved = super().save_model()
+        if saved and RANK in {-1, 0}:
+            ckpt = torch.load(self.last, map_location="cpu", weights_only=False)
+            ckpt[KD_RECORD] = self.kd_record(with_state=True)
+            _atomic_save(ckpt, self.last)
+            if self.best_fitness == self.fitness:
+                ckpt[KD_RECORD] = self.kd_record(with_state=False)
+                _atomic_save(ckpt, self.best)
+        return saved
+
+    def final_eval(self):
+        """Finished checkpoints cannot be resumed, so the connector state leaves ``last.pt`` too."""
+        if RANK in {-1, 0} and self.last.exists():
+            ckpt = torch.load(self.last, map_location="cpu", weights_only=False)
+            if isinstance(ckpt.get(KD_RECORD), dict) and ckpt[KD_RECORD].pop("state", None) is not None:
+                _atomic_save(ckpt, self.last)
+        return super().final_eval()
+
+
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    """Write a checkpoint through a temporary file and a rename, so a kill never leaves a half-written file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
