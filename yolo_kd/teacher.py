@@ -68,6 +68,11 @@ class FrozenTeacher(nn.Module):
 
     def __init__(self, model: nn.Module, device: torch.device, amp: bool = True) -> None:
         super().__init__()
+        head = find_detect_head(model)
+        if getattr(head, "one2one_cv2", None) is not None:
+            # End-to-end heads (YOLO26, v10): fusion keeps one branch. Keep the dense one2many branch, the one the
+            # student's one2many branch is trained like; the sparse one2one scores would fight its top-k assignment.
+            head.end2end = False
         model = model.float().fuse(verbose=False) if hasattr(model, "fuse") else model.float()
         for p in model.parameters():
             p.requires_grad_(False)
