@@ -188,8 +188,10 @@ def test_bad_input_stops_before_training(
     p2 = "model=yolov8n-p2.yaml"  # strides 4..32 against the teacher's 8..32
     assert "strides" in _bad([p2, f"data={data_yaml}", f"teacher={teacher_pt}"], tmp_path, capsys)
     other = Path(data_yaml).with_name("other.yaml")
-    other.write_text(Path(data_yaml).read_text().replace("disc_red", "apple"))
-    assert "differ from the student's" in _bad(
+    other.write_text(
+        "".join(ln for ln in Path(data_yaml).read_text().splitlines(True) if not ln.startswith("  ")) + "  0: apple\n"
+    )
+    assert "no class in common" in _bad(
         ["model=yolov8n.yaml", f"data={other}", f"teacher={teacher_pt}"], tmp_path, capsys
     )
 

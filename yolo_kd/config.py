@@ -48,6 +48,9 @@ class KDConfig:
     """Share of student feature pixels MGD masks out before regenerating the teacher map."""
     kd_weight_power: float = 1.0
     """Anchor weight = teacher confidence ** power (0 weighs every anchor alike)."""
+    kd_class_map: str | dict | None = None
+    """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
+    matched by name (case, spaces and underscores ignored). Student classes without a teacher class get no logit KD."""
     kd_teacher_amp: bool = True
     """Run the teacher in reduced precision where the hardware does it natively (fp16 on CUDA, bf16 on CPUs with
     native bf16); False keeps it in fp32."""
@@ -73,6 +76,18 @@ class KDConfig:
                 raise KDConfigError(f"{name}={getattr(self, name)} must be > 0")
         if not 0.0 <= self.kd_mgd_mask < 1.0:
             raise KDConfigError(f"kd_mgd_mask={self.kd_mgd_mask} must be in [0, 1)")
+        if isinstance(self.kd_class_map, (str, Path)):
+            path = Path(self.kd_class_map)
+            if not path.is_file():
+                raise KDConfigError(f"kd_class_map={self.kd_class_map}: no such file")
+            loaded = yaml.safe_load(path.read_text())
+            if not isinstance(loaded, dict):
+                raise KDConfigError(
+                    f"kd_class_map={self.kd_class_map}: expected a mapping student class -> teacher class"
+                )
+            self.kd_class_map = loaded
+        elif self.kd_class_map is not None and not isinstance(self.kd_class_map, dict):
+            raise KDConfigError(f"kd_class_map={self.kd_class_map!r} must be a dict or a YAML file")
         if self.kd_feat_loss not in FEATURE_LOSS_NAMES:
             raise KDConfigError(f"kd_feat_loss={self.kd_feat_loss!r} is unknown; choose one of {FEATURE_LOSS_NAMES}")
 

@@ -70,13 +70,27 @@ class KDLoss:
     teacher.
     """
 
-    def __init__(self, base: Any, teacher: FrozenTeacher, modules: KDModules, cfg: KDConfig, reg_max: int) -> None:
+    def __init__(
+        self,
+        base: Any,
+        teacher: FrozenTeacher,
+        modules: KDModules,
+        cfg: KDConfig,
+        reg_max: int,
+        class_pairs: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """``class_pairs`` lists (student class, teacher class) pairs; None means the same classes in the same order."""
         self.base = base
         self.teacher = teacher
         self.modules = modules
         self.cfg = cfg
         self.logit = SigmoidLogitKD(cfg.kd_cls_temp)
         self.box = DistributionKD(reg_max, cfg.kd_box_temp) if box_kd_reason(cfg, reg_max, teacher) is None else None
+        # (student, teacher) class index tensors; None (the classes coincide index for index) needs no gather.
+        self.class_index = None
+        if class_pairs is not None:
+            s_idx, t_idx = zip(*class_pairs)
+            self.class_index = (torch.tensor(s_idx, device=teacher.device), torch.tensor(t_idx, device=teacher.device))
 
     def __deepcopy__(self, memo: dict) -> None:
         return None
@@ -104,11 +118,17 @@ class KDLoss:
     def terms(self, student: dict[str, Any], teacher: dict[str, Any]) -> torch.Tensor:
         """The three gain-scaled KD terms ``[kd_cls, kd_box, kd_feat]`` for one batch, as a (3,) tensor."""
         cfg = self.cfg
-        zero = student["scores"].new_zeros((), dtype=torch.float32)
-        weight = teacher["scores"].sigmoid().amax(1)
+        s_scores, t_scores = student["scores"], teacher["scores"]
+        if self.class_index is not None:  # only classes both know; teacher-only classes are left out
+            s_scores, t_scores = (
+                s_scores.index_select(1, self.class_index[0]),
+                t_scores.index_select(1, self.class_index[1]),
+            )
+        zero = s_scores.new_zeros((), dtype=torch.float32)
+        weight = t_scores.sigmoid().amax(1)
         if cfg.kd_weight_power != 1.0:
             weight = weight.pow(cfg.kd_weight_power)
-        kd_cls = cfg.kd_cls * self.logit(student["scores"], teacher["scores"], weight) if cfg.kd_cls > 0 else zero
+        kd_cls = cfg.kd_cls * self.logit(s_scores, t_scores, weight) if cfg.kd_cls > 0 else zero
         kd_box = cfg.kd_box * self.box(student["boxes"], teacher["boxes"], weight) if self.box is not None else zero
         kd_feat = (
             cfg.kd_feat * self.modules.feature_loss(student["feats"], teacher["feats"]) if cfg.kd_feat > 0 else zero

@@ -13,6 +13,7 @@ from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
+from .classes import class_pairs, is_identity
 from .config import KDConfig, KDConfigError, load_kd_config
 from .criterion import KDLoss, KDModules, box_kd_reason, probe_head_channels
 from .teacher import FrozenTeacher, file_sha256, load_teacher_model
@@ -24,10 +25,6 @@ RUN_KEYS = ("teacher", "kd")  # KD keys besides the KDConfig fields
 def kd_keys() -> tuple[str, ...]:
     """Every key the KD trainer takes out of Ultralytics' overrides."""
     return (*RUN_KEYS, *KDConfig.field_names())
-
-
-def _norm(name: str) -> str:
-    return str(name).lower().replace(" ", "").replace("_", "")
 
 
 def _names(names: Any) -> list[str]:
@@ -78,6 +75,7 @@ class KDDetectionTrainer(DetectionTrainer):
             self.teacher_sha256 = file_sha256(teacher)
             self._check_pair(overrides)
         self.teacher: FrozenTeacher | None = None
+        self.class_pairs: list[tuple[int, int]] = []
         self.kd_modules: KDModules | None = None
         self._resume_state = (record or {}).get("state")
         super().__init__(cfg, overrides, _callbacks)
@@ -112,13 +110,9 @@ class KDDetectionTrainer(DetectionTrainer):
         if data_names is not None:
             self._check_classes(_names(teacher.names), data_names)
 
-    def _check_classes(self, teacher_names: list[str], student_names: list[str]) -> None:
-        if [_norm(n) for n in teacher_names] != [_norm(n) for n in student_names]:
-            raise KDConfigError(
-                f"teacher classes {teacher_names[:8]}{'...' if len(teacher_names) > 8 else ''} differ from the "
-                f"student's {student_names[:8]}{'...' if len(student_names) > 8 else ''}; "
-                "logit KD needs the same classes in the same order"
-            )
+    def _check_classes(self, teacher_names: list[str], student_names: list[str]) -> list[tuple[int, int]]:
+        """Pair student and teacher classes (by name, or by ``kd_class_map``); one clear error if none match."""
+        return class_pairs(student_names, teacher_names, self.kd_cfg.kd_class_map)
 
     # --- model, optimizer and criterion -------------------------------------------------------------------------
 
@@ -127,7 +121,14 @@ class KDDetectionTrainer(DetectionTrainer):
         ckpt = super().setup_model()
         student = unwrap_model(self.model)
         if self.teacher is None:
-            self._check_classes(_names(self._teacher_model.names), _names(self.data["names"]))
+            t_names, s_names = _names(self._teacher_model.names), _names(self.data["names"])
+            self.class_pairs = self._check_classes(t_names, s_names)
+            if not is_identity(self.class_pairs, len(s_names), len(t_names)) and RANK in {-1, 0}:
+                shown = ", ".join(f"{s_names[s]}<-{t_names[t]}" for s, t in self.class_pairs)
+                missing = [s_names[i] for i in range(len(s_names)) if i not in {s for s, _ in self.class_pairs}]
+                LOGGER.info(f"{colorstr('yolo-kd:')} class map (student<-teacher): {shown}")
+                if missing:
+                    LOGGER.warning(f"{colorstr('yolo-kd:')} no teacher class for {missing}: no logit KD for them")
             self.teacher = FrozenTeacher(self._teacher_model, self.device, amp=self.kd_cfg.kd_teacher_amp)
             self._teacher_model = None  # the fused copy inside FrozenTeacher is the only one kept
             s_ch = probe_head_channels(student)
@@ -165,7 +166,13 @@ class KDDetectionTrainer(DetectionTrainer):
         super()._setup_train()
         model = unwrap_model(self.model)
         base = getattr(model, "criterion", None) or model.init_criterion()
-        model.criterion = KDLoss(base, self.teacher, self.kd_modules, self.kd_cfg, model.model[-1].reg_max)
+        model.criterion = KDLoss(
+            base, self.teacher, self.kd_modules, self.kd_cfg, model.model[-1].reg_max, self._class_pairs_or_none()
+        )
+
+    def _class_pairs_or_none(self) -> list[tuple[int, int]] | None:
+        n_student, n_teacher = len(_names(self.data["names"])), self.teacher.nc
+        return None if is_identity(self.class_pairs, n_student, n_teacher) else self.class_pairs
 
     def _model_train(self):
         super()._model_train()

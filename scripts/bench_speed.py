@@ -1,0 +1,179 @@
+"""Training-step speed and memory: baseline student, teacher forward, yolo-kd step, Ultralytics' native KD step.
+
+All four run in one process on the same synthetic batches, after warm-up; each figure is the median of repeated
+steps. The last line is machine-readable: ``kd/limit=<c/(a+b)> kd/native=<c/d>``.
+
+    python scripts/bench_speed.py --teacher yolov8x.yaml --student yolov8n.yaml --imgsz 320 --batch 4 --steps 10
+
+(a) student step: forward, detection loss, backward, optimizer step
+(b) teacher forward alone, the way yolo-kd runs it (fused, reduced precision where native, no grad)
+(c) yolo-kd step with the default preset: (a) + (b) + the KD terms
+(d) Ultralytics' native distill_model= step (DistillationModel, default dis)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from ultralytics.cfg import get_cfg  # noqa: E402
+from ultralytics.nn.distill_model import DistillationModel  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
+
+from yolo_kd.config import KDConfig  # noqa: E402
+from yolo_kd.criterion import KDLoss, KDModules, probe_head_channels  # noqa: E402
+from yolo_kd.teacher import FrozenTeacher  # noqa: E402
+
+
+def build(spec: str, nc: int, args) -> torch.nn.Module:
+    """A detection model from a .yaml (random weights: speed does not depend on them) or a .pt."""
+    model = load_checkpoint(spec)[0] if spec.endswith(".pt") else DetectionModel(spec, nc=nc, verbose=False)
+    model.args = args
+    return model
+
+
+def make_batch(b: int, imgsz: int, nc: int, device: torch.device, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    n = 6 * b
+    xy = torch.rand(n, 2, generator=g) * 0.6 + 0.2
+    wh = torch.rand(n, 2, generator=g) * 0.2 + 0.05
+    return {
+        "img": torch.rand(b, 3, imgsz, imgsz, generator=g).to(device),
+        "batch_idx": torch.arange(b).repeat_interleave(6).float().to(device),
+        "cls": torch.randint(0, nc, (n, 1), generator=g).float().to(device),
+        "bboxes": torch.cat([xy, wh], 1).to(device),
+    }
+
+
+class PeakRSS:
+    """Peak resident memory while the block runs (sampled every 5 ms); CUDA peak allocated on GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.005)
+
+    def __enter__(self) -> PeakRSS:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated()
+
+    @property
+    def gib(self) -> float:
+        return self.peak / 2**30
+
+
+def timed(fn, batches: list[dict], warmup: int, device: torch.device) -> tuple[float, float]:
+    for b in batches[:warmup]:
+        fn(b)
+    times = []
+    with PeakRSS(device) as mem:
+        for b in batches[warmup:]:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn(b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times), mem.gib
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="yolov8x.yaml")
+    p.add_argument("--student", default="yolov8n.yaml")
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--nc", type=int, default=80)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--fp32-teacher", action="store_true", help="yolo-kd teacher in fp32 (kd_teacher_amp=False)")
+    a = p.parse_args()
+
+    device = torch.device(a.device)
+    amp = device.type == "cuda"
+    args = get_cfg(overrides={"imgsz": a.imgsz})
+    batches = [make_batch(a.batch, a.imgsz, a.nc, device, s) for s in range(a.warmup + a.steps)]
+    cfg = KDConfig(kd_teacher_amp=not a.fp32_teacher)
+
+    def stepper(model: torch.nn.Module, extra: list[torch.nn.Parameter] = ()):
+        params = [q for q in model.parameters() if q.requires_grad] + list(extra)
+        opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+
+        def step(batch: dict) -> None:
+            with torch.autocast(device.type, enabled=amp):
+                loss, _ = model.loss(batch) if not isinstance(model, DistillationModel) else model(batch)
+            loss.sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    results = {}
+    # (a) baseline
+    student = build(a.student, a.nc, args).to(device).train()
+    results["a"] = timed(stepper(student), batches, a.warmup, device)
+    # (b) teacher forward alone
+    teacher = FrozenTeacher(build(a.teacher, a.nc, args), device, amp=cfg.kd_teacher_amp)
+    results["b"] = timed(lambda b: teacher(b["img"]), batches, a.warmup, device)
+    # (c) yolo-kd
+    student_c = build(a.student, a.nc, args).to(device).train()
+    modules = KDModules(probe_head_channels(student_c), probe_head_channels(teacher.model), cfg).to(device)
+    student_c.criterion = KDLoss(student_c.init_criterion(), teacher, modules, cfg, student_c.model[-1].reg_max)
+    results["c"] = timed(stepper(student_c, list(modules.parameters())), batches, a.warmup, device)
+    del student_c, teacher, modules
+    # (d) native distill_model=
+    student_d = build(a.student, a.nc, args).to(device)
+    native = DistillationModel(teacher_model=build(a.teacher, a.nc, args).to(device), student_model=student_d)
+    native.train()
+    results["d"] = timed(stepper(native), batches, a.warmup, device)
+
+    (ta, ma), (tb, mb), (tc, mc), (td, md) = (results[k] for k in "abcd")
+    unit = "peak allocated GiB" if device.type == "cuda" else "peak RSS GiB"
+    print(f"device={device} teacher={a.teacher} student={a.student} imgsz={a.imgsz} batch={a.batch} steps={a.steps}")
+    print(f"| step | median ms | {unit} |\n|---|---|---|")
+    for name, (t, m) in zip(
+        ("(a) student step", f"(b) teacher forward ({teacher_dtype(device, cfg)})", "(c) yolo-kd step", "(d) native step"),
+        ((ta, ma), (tb, mb), (tc, mc), (td, md)),
+    ):
+        print(f"| {name} | {t * 1000:.1f} | {m:.2f} |")
+    print(f"c/(a+b)={tc / (ta + tb):.3f} c/a={tc / ta:.3f} c/d={tc / td:.3f}")
+    print(f"kd/limit={tc / (ta + tb):.3f} kd/native={tc / td:.3f}")
+
+
+def teacher_dtype(device: torch.device, cfg: KDConfig) -> str:
+    from yolo_kd.teacher import reduced_precision
+
+    dtype = reduced_precision(device) if cfg.kd_teacher_amp else None
+    return str(dtype or torch.float32).replace("torch.", "")
+
+
+if __name__ == "__main__":
+    main()

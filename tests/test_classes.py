@@ -1,0 +1,90 @@
+"""Class mapping between teacher and student label sets, and teachers of another YOLO family."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from yolo_kd import KDConfigError, KDDetectionTrainer
+from yolo_kd.classes import class_pairs, norm_name
+
+from .conftest import IMGSZ
+
+
+def test_pairs_by_normalised_name_and_explicit_map() -> None:
+    teacher = ["person", "Traffic Light", "car", "dog"]
+    assert class_pairs(["traffic_light", "dog", "zebra"], teacher) == [(0, 1), (1, 3)]
+    assert class_pairs(["auto", "hund"], teacher, {"auto": "car", 1: 3}) == [(0, 2), (1, 3)]
+    with pytest.raises(KDConfigError, match="no class in common"):
+        class_pairs(["zebra"], teacher)
+    with pytest.raises(KDConfigError, match="teacher has no class named 'bus'"):
+        class_pairs(["auto"], teacher, {"auto": "bus"})
+
+
+def subset_dataset(data_yaml: str, keep: list[str], out: Path) -> str:
+    """Copy the generated dataset keeping only the classes in ``keep``, re-indexed in that order."""
+    cfg = yaml.safe_load(Path(data_yaml).read_text())
+    names = list(cfg["names"].values())
+    norm = [norm_name(n) for n in names]
+    remap = {norm.index(norm_name(n)): i for i, n in enumerate(keep)}
+    src = Path(data_yaml).parent / Path(cfg["train"]).parts[0]
+    for split in ("train", "val"):
+        shutil.copytree(src / "images" / split, out / "sub" / "images" / split)
+        (out / "sub" / "labels" / split).mkdir(parents=True)
+        for lab in (src / "labels" / split).glob("*.txt"):
+            rows = [line.split() for line in lab.read_text().splitlines()]
+            kept = [" ".join([str(remap[int(r[0])]), *r[1:]]) for r in rows if int(r[0]) in remap]
+            (out / "sub" / "labels" / split / lab.name).write_text("".join(f"{k}\n" for k in kept))
+    path = out / "sub.yaml"
+    path.write_text(
+        yaml.safe_dump({"train": "sub/images/train", "val": "sub/images/val", "names": dict(enumerate(keep))})
+    )
+    return str(path)
+
+
+def _train(tmp_path: Path, name: str, **overrides) -> tuple[KDDetectionTrainer, list[dict]]:
+    trainer = KDDetectionTrainer(
+        overrides=dict(
+            epochs=1, imgsz=IMGSZ, batch=8, workers=0, plots=False, project=str(tmp_path), name=name, **overrides
+        )
+    )
+    trainer.train()
+    with open(tmp_path / name / "results.csv") as f:
+        rows = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return trainer, rows
+
+
+def test_teacher_with_more_classes_distils_into_a_subset_in_another_order(
+    data_yaml: str, teacher_pt: str, tmp_path: Path
+) -> None:
+    sub = subset_dataset(data_yaml, ["Octagon", "disc red", "plus"], tmp_path)
+    trainer, rows = _train(tmp_path, "subset", model="yolov8n.yaml", data=sub, teacher=teacher_pt)
+    # student 0 (Octagon) <- teacher 7, 1 (disc red) <- teacher 0, 2 (plus) <- teacher 8
+    assert trainer.class_pairs == [(0, 7), (1, 0), (2, 8)]
+    assert rows[0]["train/kd_cls"] > 0 and rows[0]["train/kd_feat"] > 0
+
+
+def test_no_common_class_is_one_clear_error(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
+    other = Path(data_yaml).with_name("unrelated.yaml")
+    cfg = yaml.safe_load(Path(data_yaml).read_text())
+    cfg["names"] = {i: f"thing{i}" for i in cfg["names"]}
+    other.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(KDConfigError, match="no class in common"):
+        KDDetectionTrainer(
+            overrides=dict(model="yolov8n.yaml", data=str(other), teacher=teacher_pt, project=str(tmp_path / "p"))
+        )
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(("student", "box_on"), [("yolo11n.yaml", True), ("yolo26n.yaml", False)])
+def test_yolov8_teacher_distils_into_other_families(
+    data_yaml: str, teacher_pt: str, tmp_path: Path, student: str, box_on: bool
+) -> None:
+    _, rows = _train(tmp_path, Path(student).stem, model=student, data=data_yaml, teacher=teacher_pt)
+    assert rows[0]["train/kd_cls"] > 0 and rows[0]["train/kd_feat"] > 0
+    # YOLO26 regresses boxes directly (reg_max=1): no DFL distribution to distil, so that term is off
+    assert (rows[0]["train/kd_box"] > 0) == box_on
