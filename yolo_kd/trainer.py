@@ -79,6 +79,16 @@ class KDDetectionTrainer(DetectionTrainer):
         self.kd_modules: KDModules | None = None
         self._resume_state = (record or {}).get("state")
         super().__init__(cfg, overrides, _callbacks)
+        # The KD settings ride along in args: Ultralytics' multi-GPU launch rebuilds this trainer in each worker from
+        # vars(args) alone, and args.yaml should say how the run was made. Checkpoints get them stripped (save_model).
+        for key, value in self.kd_args().items():
+            setattr(self.args, key, value)
+        if RANK in {-1, 0}:
+            YAML.save(self.save_dir / "args.yaml", vars(self.args))
+
+    def kd_args(self) -> dict[str, Any]:
+        """Every KD key with its value for this run: the teacher path and the full, validated KD config."""
+        return {"teacher": self.teacher_path, **self.kd_cfg.to_dict()}
 
     @staticmethod
     def _resume_record(resume: Any) -> dict[str, Any] | None:
@@ -174,6 +184,16 @@ class KDDetectionTrainer(DetectionTrainer):
         n_student, n_teacher = len(_names(self.data["names"])), self.teacher.nc
         return None if is_identity(self.class_pairs, n_student, n_teacher) else self.class_pairs
 
+    def optimizer_step(self):
+        """Average the connectors' gradients over ranks, then step as Ultralytics does.
+
+        Only the student is wrapped in DistributedDataParallel (the teacher must not be, and the connectors are not
+        part of the student), so the connectors' gradients are all-reduced here, as DDP does for the student's.
+        """
+        if self.world_size > 1 and self.kd_modules is not None and torch.distributed.is_initialized():
+            average_gradients(self.kd_modules.parameters(), self.world_size)
+        super().optimizer_step()
+
     def _model_train(self):
         super()._model_train()
         if self.kd_modules is not None:
@@ -206,6 +226,8 @@ class KDDetectionTrainer(DetectionTrainer):
         saved = super().save_model()
         if saved and RANK in {-1, 0}:
             ckpt = torch.load(self.last, map_location="cpu", weights_only=False)
+            # train_args stay pure Ultralytics, so plain YOLO(path) and resume parse them; KD lives in the record
+            ckpt["train_args"] = {k: v for k, v in ckpt["train_args"].items() if k not in kd_keys()}
             ckpt[KD_RECORD] = self.kd_record(with_state=True)
             _atomic_save(ckpt, self.last)
             if self.best_fitness == self.fitness:
@@ -220,6 +242,19 @@ class KDDetectionTrainer(DetectionTrainer):
             if isinstance(ckpt.get(KD_RECORD), dict) and ckpt[KD_RECORD].pop("state", None) is not None:
                 _atomic_save(ckpt, self.last)
         return super().final_eval()
+
+
+def average_gradients(params: Any, world_size: int) -> None:
+    """All-reduce the gradients of ``params`` to their mean over ranks, in one flat collective."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads]) / world_size
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
