@@ -86,6 +86,14 @@ class KDDetectionTrainer(DetectionTrainer):
         if RANK in {-1, 0}:
             YAML.save(self.save_dir / "args.yaml", vars(self.args))
 
+    def get_validator(self):
+        """Ultralytics' validator; it re-parses args with get_cfg, which must not see the KD keys."""
+        kd = {k: vars(self.args).pop(k) for k in kd_keys() if k in vars(self.args)}
+        try:
+            return super().get_validator()
+        finally:
+            vars(self.args).update(kd)
+
     def kd_args(self) -> dict[str, Any]:
         """Every KD key with its value for this run: the teacher path and the full, validated KD config."""
         return {"teacher": self.teacher_path, **self.kd_cfg.to_dict()}
