@@ -148,7 +148,7 @@ def main() -> None:
     modules = KDModules(probe_head_channels(student_c), probe_head_channels(teacher.model), cfg).to(device)
     student_c.criterion = KDLoss(student_c.init_criterion(), teacher, modules, cfg, student_c.model[-1].reg_max)
     results["c"] = timed(stepper(student_c, list(modules.parameters())), batches, a.warmup, device)
-    del student_c, teacher, modules
+    del student_c, modules
     # (d) native distill_model=
     student_d = build(a.student, a.nc, args).to(device)
     native = DistillationModel(teacher_model=build(a.teacher, a.nc, args).to(device), student_model=student_d)
@@ -160,7 +160,12 @@ def main() -> None:
     print(f"device={device} teacher={a.teacher} student={a.student} imgsz={a.imgsz} batch={a.batch} steps={a.steps}")
     print(f"| step | median ms | {unit} |\n|---|---|---|")
     for name, (t, m) in zip(
-        ("(a) student step", f"(b) teacher forward ({teacher_dtype(device, cfg)})", "(c) yolo-kd step", "(d) native step"),
+        (
+            "(a) student step",
+            f"(b) teacher forward ({teacher_dtype(device, cfg)})",
+            "(c) yolo-kd step",
+            "(d) native step",
+        ),
         ((ta, ma), (tb, mb), (tc, mc), (td, md)),
     ):
         print(f"| {name} | {t * 1000:.1f} | {m:.2f} |")

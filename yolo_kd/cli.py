@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install behind the user's back (exports included)
 
 from ultralytics.cfg import smart_value  # noqa: E402
 
@@ -69,6 +70,14 @@ def cmd_demo(kwargs: dict[str, Any]) -> None:
     run_demo(**kwargs)
 
 
+def cmd_export(kwargs: dict[str, Any]) -> None:
+    from .export import export_and_verify
+
+    if "model" not in kwargs:
+        raise KDConfigError("export needs model=PATH (a checkpoint or a run folder)")
+    export_and_verify(**kwargs)
+
+
 def cmd_dataset(kwargs: dict[str, Any]) -> None:
     from .dataset import make_dataset
 
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": cmd_train, "demo": cmd_demo, "dataset": cmd_dataset}
+    commands = {"train": cmd_train, "demo": cmd_demo, "export": cmd_export, "dataset": cmd_dataset}
     if command not in commands:
         print(
             f"yolo-kd: unknown command '{command}'; commands: {sorted(commands)} (see 'yolo-kd help')", file=sys.stderr

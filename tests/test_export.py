@@ -1,0 +1,77 @@
+"""yolo-kd export: Ultralytics' exporter plus verification, and its refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from yolo_kd.cli import main
+
+
+@pytest.fixture()
+def student(kd_run: Path, tmp_path: Path) -> Path:
+    """A copy of the distilled student, so exports land in a folder of this test's own."""
+    dst = tmp_path / "student.pt"
+    shutil.copy(kd_run / "weights" / "best.pt", dst)
+    return dst
+
+
+def _export(student: Path, data_yaml: str, fmt: str) -> dict:
+    assert main(["export", f"model={student}", f"format={fmt}", f"data={data_yaml}", "runs=3"]) == 0
+    report = json.loads(next(student.parent.glob("*_export_report.json")).read_text())
+    assert report["passed"] and report["precision"] == "fp32"
+    assert Path(report["exported"]).exists() and report["size_mb"]["exported"] > 1
+    assert report["latency_ms_median"]["exported"] > 0
+    return report
+
+
+def test_onnx_export_is_verified(student: Path, data_yaml: str) -> None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("export extra not installed (pip install -e .[export]); CI installs it")
+    report = _export(student, data_yaml, "onnx")
+    assert report["max_abs_output_diff"] < 1e-2  # raw decoded outputs, pixel units
+    assert abs(report["mAP50-95"]["drop"]) <= 0.005
+
+
+def test_litert_export_is_verified(student: Path, data_yaml: str) -> None:
+    if importlib.util.find_spec("ai_edge_litert") is None or importlib.util.find_spec("litert_torch") is None:
+        pytest.skip("LiteRT packages not installed (pip install -e .[export]); CI installs them")
+    report = _export(student, data_yaml, "litert")
+    assert report["exported"].endswith(".tflite")
+    assert report["max_abs_output_diff"] < 1e-1
+    assert abs(report["mAP50-95"]["drop"]) <= 0.005
+
+
+def test_openvino_export_is_verified(student: Path, data_yaml: str) -> None:
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("OpenVINO not installed (pip install -e .[export]); CI installs it")
+    report = _export(student, data_yaml, "openvino")
+    assert report["exported"].endswith("_openvino_model")
+    assert report["max_abs_output_diff"] < 1e-1
+
+
+def _refused(argv: list[str], folder: Path, capsys: pytest.CaptureFixture) -> str:
+    before = sorted(folder.iterdir())
+    assert main(["export", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert sorted(folder.iterdir()) == before, "files were left behind"
+    return err
+
+
+def test_bad_requests_are_refused_in_one_line(student: Path, data_yaml: str, capsys: pytest.CaptureFixture) -> None:
+    folder = student.parent
+    assert "format=pdf is unknown" in _refused([f"model={student}", "format=pdf"], folder, capsys)
+    junk = folder / "junk.pt"
+    junk.write_text("no checkpoint here")
+    assert "not an Ultralytics checkpoint" in _refused([f"model={junk}", "format=onnx"], folder, capsys)
+    assert "no such checkpoint" in _refused([f"model={folder / 'nope.pt'}", "format=onnx"], folder, capsys)
+    assert "int8=True needs calibration images" in _refused(
+        [f"model={student}", "format=onnx", "int8=True"], folder, capsys
+    )
+    if not __import__("torch").cuda.is_available():
+        assert "needs a CUDA GPU" in _refused([f"model={student}", "format=engine"], folder, capsys)
