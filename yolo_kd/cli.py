@@ -56,12 +56,24 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
     if resume not in (None, False):
         if resume is True:
             raise KDConfigError("resume needs a path: yolo-kd train resume=runs/.../weights/last.pt")
+        _local_file("resume", resume)
         model = YOLO(str(resume))
         kwargs["resume"] = True  # Model.train maps resume=True to its own checkpoint path
         model.train(trainer=KDDetectionTrainer, **kwargs)
         return
-    model = YOLO(kwargs.pop("model", "yolov8n.yaml"))
+    student = kwargs.pop("model", "yolov8n.yaml")
+    if not str(student).endswith((".yaml", ".yml")):
+        _local_file("model", student)
+    model = YOLO(student)
     model.train(trainer=KDDetectionTrainer, **kwargs)
+
+
+def _local_file(key: str, path: Any) -> None:
+    """Ultralytics would try to download a missing .pt by name; yolo-kd never downloads, so say so instead."""
+    from pathlib import Path
+
+    if not Path(str(path)).is_file():
+        raise KDConfigError(f"{key}={path}: no such file (yolo-kd downloads nothing; give a local checkpoint)")
 
 
 def cmd_demo(kwargs: dict[str, Any]) -> None:

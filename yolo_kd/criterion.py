@@ -85,12 +85,19 @@ class KDLoss:
         self.modules = modules
         self.cfg = cfg
         self.logit = SigmoidLogitKD(cfg.kd_cls_temp)
+        self.dropped_steps = torch.zeros((), dtype=torch.int64, device=teacher.device)
         self.box = DistributionKD(reg_max, cfg.kd_box_temp) if box_kd_reason(cfg, reg_max, teacher) is None else None
         # (student, teacher) class index tensors; None (the classes coincide index for index) needs no gather.
         self.class_index = None
         if class_pairs is not None:
             s_idx, t_idx = zip(*class_pairs)
             self.class_index = (torch.tensor(s_idx, device=teacher.device), torch.tensor(t_idx, device=teacher.device))
+
+    def pop_dropped_steps(self) -> int:
+        """How many steps since the last call had their KD contribution dropped as non-finite (one host sync)."""
+        n = int(self.dropped_steps.item())
+        self.dropped_steps.zero_()
+        return n
 
     def __deepcopy__(self, memo: dict) -> None:
         return None
@@ -106,10 +113,20 @@ class KDLoss:
         if "scores" not in student:  # end-to-end heads: distil the dense one2many branch
             student = student["one2many"]
         teacher = self.teacher(batch["img"])
+        # A non-finite teacher output or KD term must not reach the student. Checking it on the host would stall every
+        # step, so it is handled on the device: teacher outputs are made finite before use (finite inputs keep every
+        # gradient finite), and the batch's KD contribution is multiplied by 0 when anything was non-finite.
+        finite = torch.stack([torch.isfinite(teacher[k]).all() for k in ("boxes", "scores")]).all()
+        finite = finite & torch.stack([torch.isfinite(f).all() for f in teacher["feats"]]).all()
+        teacher = {
+            "boxes": torch.nan_to_num(teacher["boxes"], 0.0, 0.0, 0.0),
+            "scores": torch.nan_to_num(teacher["scores"], 0.0, 0.0, 0.0),
+            "feats": [torch.nan_to_num(f, 0.0, 0.0, 0.0) for f in teacher["feats"]],
+        }
         kd = self.terms(student, teacher)
-        # A non-finite term (a diverging connector, say) must not poison the student: drop it for this step, on the
-        # device, without a host sync.
-        kd = torch.where(torch.isfinite(kd), kd, torch.zeros_like(kd))
+        finite = finite & torch.isfinite(kd).all()
+        kd = torch.where(finite, kd, torch.zeros_like(kd))
+        self.dropped_steps += (~finite).to(self.dropped_steps.dtype)  # read once per epoch, not per step
         batch_size = student["scores"].shape[0]
         items = dict(items)
         items.update(zip(KD_TERMS, kd.detach()))

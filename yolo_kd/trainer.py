@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
+from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
 from .classes import class_pairs, is_identity
@@ -60,7 +60,8 @@ class KDDetectionTrainer(DetectionTrainer):
             self.kd_cfg = load_kd_config(record["config"])
             teacher = kd_args.get("teacher") or record["teacher"]
             self.teacher_sha256 = file_sha256(teacher) if Path(teacher).is_file() else None
-            if self.teacher_sha256 is not None and self.teacher_sha256 != record.get("teacher_sha256"):
+            recorded = record.get("teacher_sha256")
+            if recorded is not None and self.teacher_sha256 is not None and self.teacher_sha256 != recorded:
                 raise KDConfigError(
                     f"teacher={teacher} is not the teacher this run was trained with (file hash differs)"
                 )
@@ -79,6 +80,11 @@ class KDDetectionTrainer(DetectionTrainer):
         self.kd_modules: KDModules | None = None
         self._resume_state = (record or {}).get("state")
         super().__init__(cfg, overrides, _callbacks)
+        self.add_callback("on_train_epoch_end", KDDetectionTrainer._report_dropped_kd)
+        if LOCAL_RANK != -1 and int(os.environ.get("WORLD_SIZE", 1)) > self.world_size:
+            # Launched by torchrun across nodes: Ultralytics counts only this node's devices, but the process group
+            # and the per-process batch must use the global world size.
+            self.world_size = int(os.environ["WORLD_SIZE"])
         # The KD settings ride along in args: Ultralytics' multi-GPU launch rebuilds this trainer in each worker from
         # vars(args) alone, and args.yaml should say how the run was made. Checkpoints get them stripped (save_model).
         for key, value in self.kd_args().items():
@@ -102,9 +108,17 @@ class KDDetectionTrainer(DetectionTrainer):
     def _resume_record(resume: Any) -> dict[str, Any] | None:
         if not resume or not isinstance(resume, (str, Path)) or not Path(resume).is_file():
             return None  # resume=True without a path: Ultralytics finds the run; the KD record is read then
-        record = read_kd_record(resume)
+        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        record = ckpt.get(KD_RECORD) if isinstance(ckpt, dict) else None
         if record is None:
-            raise KDConfigError(f"resume={resume} was not written by yolo-kd (no '{KD_RECORD}' record)")
+            # Killed between Ultralytics' write of last.pt and ours: its train_args still carry the KD settings.
+            args = ckpt.get("train_args", {}) if isinstance(ckpt, dict) else {}
+            if not args.get("teacher"):
+                raise KDConfigError(f"resume={resume} was not written by yolo-kd (no '{KD_RECORD}' record)")
+            record = {"config": {k: args[k] for k in KDConfig.field_names() if k in args}, "teacher": args["teacher"]}
+            LOGGER.warning(
+                f"{colorstr('yolo-kd:')} {resume} has no KD record; KD settings from its args, fresh connectors"
+            )
         return record
 
     def _check_pair(self, overrides: dict[str, Any]) -> None:
@@ -201,6 +215,16 @@ class KDDetectionTrainer(DetectionTrainer):
         if self.world_size > 1 and self.kd_modules is not None and torch.distributed.is_initialized():
             average_gradients(self.kd_modules.parameters(), self.world_size)
         super().optimizer_step()
+
+    def _report_dropped_kd(self) -> None:
+        criterion = getattr(unwrap_model(self.model), "criterion", None)
+        if isinstance(criterion, KDLoss):
+            dropped = criterion.pop_dropped_steps()
+            if dropped and RANK in {-1, 0}:
+                LOGGER.warning(
+                    f"{colorstr('yolo-kd:')} epoch {self.epoch + 1}: KD dropped on {dropped} step(s) with a non-finite "
+                    "teacher output or KD term; the detection loss trained as usual on them"
+                )
 
     def _model_train(self):
         super()._model_train()
