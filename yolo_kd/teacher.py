@@ -79,7 +79,10 @@ class FrozenTeacher(nn.Module):
         self.dtype = reduced_precision(device) if amp else None
         if device.type == "cuda" and self.dtype == torch.float16:
             model = model.half()  # CUDA fp16 weights: no per-step cast of the weights by autocast
-        self.model = model.to(device).eval()
+        # NHWC suits the oneDNN bf16 kernels on CPU and the tensor cores on CUDA; plain fp32 keeps NCHW.
+        self.channels_last = self.dtype is not None
+        model = model.to(device, memory_format=torch.channels_last) if self.channels_last else model.to(device)
+        self.model = model.eval()
         self.device = device
         self.tap = DetectTap(self.model)
         self.reg_max = find_detect_head(self.model).reg_max
@@ -99,6 +102,8 @@ class FrozenTeacher(nn.Module):
             ctx = torch.autocast("cpu", dtype=torch.bfloat16)
         else:
             ctx = nullcontext()
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with self.tap, ctx:
             out = self.model(images)
             feats = self.tap.pop()
