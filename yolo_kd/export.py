@@ -95,20 +95,27 @@ def _first_tensor(y: Any) -> torch.Tensor:
     return torch.as_tensor(y).float().cpu()
 
 
-def _raw_outputs_and_latency(weights: Path, images: list[torch.Tensor], runs: int) -> tuple[list, float]:
+def _raw_outputs_and_latency(
+    weights: Path, images: list[torch.Tensor], runs: int, device: torch.device, fp16: bool = False
+) -> tuple[list, float]:
     """Raw decoded outputs on ``images`` through Ultralytics' AutoBackend, and the median ms per image."""
     from ultralytics.nn.autobackend import AutoBackend
 
-    backend = AutoBackend(str(weights), device=torch.device("cpu"), fp16=False, verbose=False)
+    backend = AutoBackend(str(weights), device=device, fp16=fp16, verbose=False)
     backend.eval()
     outputs, times = [], []
     with torch.no_grad():
         for im in images:
-            outputs.append(_first_tensor(backend(im)))
+            outputs.append(_first_tensor(backend(im.to(device).half() if fp16 else im.to(device))))
         for _ in range(runs):
             for im in images:
+                x = im.to(device).half() if fp16 else im.to(device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
                 t = time.perf_counter()
-                backend(im)
+                backend(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
                 times.append((time.perf_counter() - t) * 1000)
     return outputs, statistics.median(times)
 
@@ -175,12 +182,15 @@ def _verify(
 ) -> dict[str, Any]:
     from ultralytics import YOLO
 
+    # TensorRT engines run on the GPU only; every other format is verified on the CPU, as an edge board would run it
+    device = torch.device("cuda", 0) if fmt == "engine" else torch.device("cpu")
+
     def mean_ap(weights: Path) -> float:
         m = YOLO(str(weights), task="detect").val(
             data=data,
             imgsz=imgsz,
             batch=batch if weights.suffix == ".pt" else 1,
-            device="cpu",
+            device="0" if device.type == "cuda" else "cpu",
             plots=False,
             verbose=False,
             half=False,
@@ -191,8 +201,8 @@ def _verify(
         return float(m.box.map)
 
     images = _fixed_images(data_dict, imgsz)
-    ref, ref_ms = _raw_outputs_and_latency(pt, images, runs)
-    out, out_ms = _raw_outputs_and_latency(exported, images, runs)
+    ref, ref_ms = _raw_outputs_and_latency(pt, images, runs, device)
+    out, out_ms = _raw_outputs_and_latency(exported, images, runs, device, fp16=half and fmt == "engine")
     max_diff = max(float((a - b).abs().max()) for a, b in zip(ref, out))
     map_pt, map_ex = mean_ap(pt), mean_ap(exported)
     shutil.rmtree(exported.parent / "export_val", ignore_errors=True)
@@ -208,6 +218,7 @@ def _verify(
         "max_abs_output_diff": max_diff,
         "size_mb": {"pytorch": _size_mb(pt), "exported": _size_mb(exported)},
         "latency_ms_median": {"pytorch": ref_ms, "exported": out_ms},
+        "latency_device": str(device),
         "images_compared": len(images),
         "passed": precision != "fp32" or map_pt - map_ex <= FP32_TOLERANCE,
     }
@@ -236,7 +247,7 @@ def report_markdown(r: dict[str, Any]) -> str:
             "|---|---|---|",
             f"| mAP50-95 | {m['pytorch']:.4f} | {m['exported']:.4f} (drop {100 * m['drop']:+.2f} points) |",
             f"| size (MB) | {s['pytorch']:.1f} | {s['exported']:.1f} |",
-            f"| median latency, CPU, batch 1 (ms) | {t['pytorch']:.1f} | {t['exported']:.1f} |",
+            f"| median latency, {r['latency_device']}, batch 1 (ms) | {t['pytorch']:.1f} | {t['exported']:.1f} |",
             "",
             f"Largest absolute raw-output difference on {r['images_compared']} fixed images: "
             f"{r['max_abs_output_diff']:.3g}",
