@@ -88,3 +88,12 @@ def test_yolov8_teacher_distils_into_other_families(
     assert rows[0]["train/kd_cls"] > 0 and rows[0]["train/kd_feat"] > 0
     # YOLO26 regresses boxes directly (reg_max=1): no DFL distribution to distil, so that term is off
     assert (rows[0]["train/kd_box"] > 0) == box_on
+
+
+def test_end_to_end_yolo26_teacher_distils_into_yolov8(data_yaml: str, tmp_path: Path) -> None:
+    from .conftest import _train as train_teacher
+
+    teacher = train_teacher("yolo26s.yaml", data_yaml, tmp_path, "t26")
+    _, rows = _train(tmp_path, "v8_from_26", model="yolov8n.yaml", data=data_yaml, teacher=teacher)
+    assert rows[0]["train/kd_cls"] > 0 and rows[0]["train/kd_feat"] > 0
+    assert rows[0]["train/kd_box"] == 0  # the YOLO26 teacher has no DFL distribution (reg_max=1)
