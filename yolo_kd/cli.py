@@ -90,6 +90,15 @@ def cmd_export(kwargs: dict[str, Any]) -> None:
     export_and_verify(**kwargs)
 
 
+def cmd_label(kwargs: dict[str, Any]) -> None:
+    from .label import label_folder
+
+    for key in ("model", "source"):
+        if key not in kwargs:
+            raise KDConfigError(f"label needs {key}=")
+    label_folder(**kwargs)
+
+
 def cmd_dataset(kwargs: dict[str, Any]) -> None:
     from .dataset import make_dataset
 
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": cmd_train, "demo": cmd_demo, "export": cmd_export, "dataset": cmd_dataset}
+    commands = {"train": cmd_train, "demo": cmd_demo, "export": cmd_export, "label": cmd_label, "dataset": cmd_dataset}
     if command not in commands:
         print(
             f"yolo-kd: unknown command '{command}'; commands: {sorted(commands)} (see 'yolo-kd help')", file=sys.stderr
