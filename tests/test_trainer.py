@@ -79,7 +79,24 @@ def test_teacher_frozen_connectors_trained_hooks_gone(data_yaml: str, teacher_pt
         seen["teacher_in_opt"] = any(id(p) in opt_ids for p in trainer.teacher.parameters())
         seen["teacher_in_student"] = any("teacher" in k for k in trainer.model.state_dict())
 
+    def on_train_batch_start(trainer: KDDetectionTrainer) -> None:
+        if "calls" not in seen:  # count teacher passes: exactly one per training step
+            seen["calls"], forward = [0], trainer.teacher.forward
+
+            def counted(images: torch.Tensor) -> dict:
+                seen["calls"][0] += 1
+                return forward(images)
+
+            trainer.teacher.forward = counted
+        seen["steps"] = seen.get("steps", 0) + 1
+
     def on_train_batch_end(trainer: KDDetectionTrainer) -> None:
+        # nothing of the teacher's pass outlives the step: the tap is empty and the criterion holds no activation
+        criterion = trainer.model.criterion
+        seen["kept"] = seen.get("kept", False) or trainer.teacher.tap.feats is not None
+        seen["kept"] |= any(
+            isinstance(v, torch.Tensor) and v.requires_grad is False and v.dim() > 1 for v in vars(criterion).values()
+        )
         seen["teacher_training"] = seen.get("teacher_training", False) or trainer.teacher.model.training
         seen["teacher_grad"] = seen.get("teacher_grad", False) or any(
             p.grad is not None for p in trainer.teacher.parameters()
@@ -101,8 +118,11 @@ def test_teacher_frozen_connectors_trained_hooks_gone(data_yaml: str, teacher_pt
         )
     )
     trainer.add_callback("on_train_start", on_train_start)
+    trainer.add_callback("on_train_batch_start", on_train_batch_start)
     trainer.add_callback("on_train_batch_end", on_train_batch_end)
     trainer.train()
+    assert seen["calls"][0] == seen["steps"] == 2, "one teacher pass per training step"
+    assert not seen["kept"]
 
     assert seen["kd_in_opt"] and not seen["teacher_in_opt"] and not seen["teacher_in_student"]
     assert not seen["teacher_training"] and not seen["teacher_grad"]
