@@ -37,3 +37,16 @@ def test_bf16_teacher_close_to_fp32() -> None:
     fp32 = FrozenTeacher(model, torch.device("cpu"), amp=False)(x)["scores"].sigmoid()
     bf16 = FrozenTeacher(model, torch.device("cpu"), amp=True)(x)["scores"].sigmoid()
     assert (fp32 - bf16).abs().max() < 0.02
+
+
+def test_amp_check_never_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from yolo_kd import trainer as kd_trainer
+
+    monkeypatch.setattr("ultralytics.utils.WEIGHTS_DIR", tmp_path)  # no yolo26n.pt there
+    calls = []
+    model = torch.nn.Conv2d(1, 1, 1)
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")), raising=False)
+    assert kd_trainer._check_amp_offline(lambda m: calls.append(m) or False, model) is True
+    assert calls == [], "Ultralytics' check (which downloads) ran although its weights are missing"
+    (tmp_path / "yolo26n.pt").write_bytes(b"")  # weights present: Ultralytics' own check decides
+    assert kd_trainer._check_amp_offline(lambda m: calls.append(m) or False, model) is False and calls == [model]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,16 @@ class KDDetectionTrainer(DetectionTrainer):
         return optimizer
 
     def _setup_train(self):
-        super()._setup_train()
+        # Ultralytics' AMP check (CUDA only) downloads yolo26n.pt when it is not on disk. yolo-kd downloads nothing,
+        # so without those weights the check is skipped (AMP stays on, as Ultralytics does when offline).
+        import ultralytics.engine.trainer as engine
+
+        check_amp = engine.check_amp
+        engine.check_amp = partial(_check_amp_offline, check_amp)
+        try:
+            super()._setup_train()
+        finally:
+            engine.check_amp = check_amp
         model = unwrap_model(self.model)
         base = getattr(model, "criterion", None) or model.init_criterion()
         model.criterion = KDLoss(
@@ -274,6 +284,16 @@ class KDDetectionTrainer(DetectionTrainer):
             if isinstance(ckpt.get(KD_RECORD), dict) and ckpt[KD_RECORD].pop("state", None) is not None:
                 _atomic_save(ckpt, self.last)
         return super().final_eval()
+
+
+def _check_amp_offline(check_amp: Any, model: torch.nn.Module) -> bool:
+    """Ultralytics' AMP check when its reference weights are on disk; otherwise skip it instead of downloading."""
+    from ultralytics.utils import WEIGHTS_DIR
+
+    if next(model.parameters()).device.type == "cuda" and not (WEIGHTS_DIR / "yolo26n.pt").is_file():
+        LOGGER.warning(f"{colorstr('yolo-kd:')} AMP check skipped: {WEIGHTS_DIR / 'yolo26n.pt'} is not on disk")
+        return True
+    return check_amp(model)
 
 
 def average_gradients(params: Any, world_size: int) -> None:
