@@ -90,3 +90,100 @@ def test_label_refusals_write_nothing(teacher_pt: str, tmp_path: Path, capsys: p
     (empty / "a.png").write_bytes((Path(__file__).parent / "__init__.py").read_bytes())
     assert "not a detection model" in _refused([f"model={cls_pt}", f"source={empty}"], capsys)
     assert sorted(p.name for p in empty.iterdir()) == ["a.png", "notes.txt"]
+
+
+def test_training_with_unlabeled_images_uses_teacher_pseudo_labels(
+    data_yaml: str, teacher_pt: str, raw_images: Path, tmp_path: Path
+) -> None:
+    import csv
+
+    from yolo_kd import KDDetectionTrainer
+
+    (raw_images / "broken.png").unlink()
+    seen: dict = {}
+
+    def on_train_epoch_end(trainer: KDDetectionTrainer) -> None:
+        seen["pseudo"] = trainer.model.criterion.pseudo_boxes
+        seen["files"] = trainer.train_loader.dataset.im_files
+
+    trainer = KDDetectionTrainer(
+        overrides=dict(
+            model="yolov8n.yaml",
+            data=data_yaml,
+            teacher=teacher_pt,
+            unlabeled=str(raw_images),
+            unlabeled_ratio=0.5,
+            kd_pseudo_conf=0.001,
+            epochs=1,
+            imgsz=IMGSZ,
+            batch=8,
+            workers=0,
+            plots=False,
+            project=str(tmp_path),
+            name="semi",
+        )
+    )
+    trainer.add_callback("on_train_epoch_end", on_train_epoch_end)
+    trainer.train()
+    unlabelled = {str(p.resolve()) for p in raw_images.glob("*.png")}
+    n_unl = sum(f in unlabelled for f in seen["files"])
+    assert n_unl == 16 and len(seen["files"]) == 32  # 16 labelled + as many unlabelled slots (ratio 0.5)
+    assert seen["pseudo"] > 0, "no teacher box became a pseudo-label"
+    with open(tmp_path / "semi" / "results.csv") as f:
+        row = {k.strip(): float(v) for k, v in next(csv.DictReader(f)).items()}
+    assert all(row[f"train/{k}"] > 0 for k in ("kd_cls", "kd_box", "kd_feat", "box_loss", "cls_loss"))
+
+
+def test_bad_unlabeled_folders_are_refused(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
+    from yolo_kd import KDConfigError, KDDetectionTrainer
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, message in ((empty, "no images"), (tmp_path / "nope", "not a folder")):
+        with pytest.raises(KDConfigError, match=message):
+            KDDetectionTrainer(
+                overrides=dict(
+                    model="yolov8n.yaml",
+                    data=data_yaml,
+                    teacher=teacher_pt,
+                    unlabeled=str(folder),
+                    project=str(tmp_path / "p"),
+                )
+            )
+    assert not (tmp_path / "p").exists()
+
+
+def test_pseudo_labels_fill_only_unlabelled_images_and_skip_covered_boxes() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from yolo_kd.config import KDConfig
+    from yolo_kd.criterion import KDLoss
+
+    teacher = SimpleNamespace(nc=3, device=torch.device("cpu"), reg_max=16)
+    cfg = KDConfig(kd_pseudo_conf=0.5)
+    # student classes: 0 <- teacher 2, 1 <- teacher 0; teacher class 1 has no student class
+    loss = KDLoss(None, teacher, None, cfg, 16, class_pairs=[(0, 2), (1, 0)], unlabeled_files={"u.png"})
+    batch = {
+        "img": torch.zeros(2, 3, 100, 100),
+        "im_file": ["u.png", "l.png"],
+        "batch_idx": torch.tensor([0.0, 1.0]),
+        "cls": torch.tensor([[1.0], [0.0]]),
+        "bboxes": torch.tensor([[0.2, 0.2, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]]),  # normalised xywh
+    }
+    # decoded teacher predictions (B, 4 + nc, A): pixel xywh, then class scores; 3 anchors per image
+    pred = torch.zeros(2, 7, 3)
+    pred[0, :4, 0] = torch.tensor([20.0, 20.0, 20.0, 20.0])  # covers image 0's ground truth: skipped
+    pred[0, 4, 0] = 0.9
+    pred[0, :4, 1] = torch.tensor([70.0, 70.0, 20.0, 20.0])  # new object, teacher class 2 -> student class 0
+    pred[0, 6, 1] = 0.8
+    pred[0, :4, 2] = torch.tensor([70.0, 20.0, 10.0, 10.0])  # teacher class 1: the student lacks it
+    pred[0, 5, 2] = 0.95
+    pred[1, :4, 0] = torch.tensor([80.0, 80.0, 10.0, 10.0])  # labelled image: never pseudo-labelled
+    pred[1, 4, 0] = 0.99
+    out = loss.pseudo_label(batch, pred)
+    assert out["batch_idx"].tolist() == [0.0, 0.0, 1.0]  # sorted by image
+    assert out["cls"].view(-1).tolist() == [1.0, 0.0, 0.0]
+    assert torch.allclose(out["bboxes"][1], torch.tensor([0.7, 0.7, 0.2, 0.2]))
+    assert loss.pseudo_boxes == 1

@@ -1,7 +1,8 @@
 """Typed, validated knowledge-distillation settings.
 
-Every KD key starts with ``kd_`` (plus ``teacher`` and ``kd`` itself), so none collides with an Ultralytics argument;
-``tests/test_config.py`` checks that against the installed ``ultralytics/cfg/default.yaml``.
+Every KD key starts with ``kd_`` (plus ``teacher``, ``kd``, ``unlabeled`` and ``unlabeled_ratio``), so none
+collides with an Ultralytics argument; ``tests/test_config.py`` checks that against the installed
+``ultralytics/cfg/default.yaml``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ class KDConfig:
     kd_class_map: str | dict | None = None
     """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
     matched by name (case, spaces and underscores ignored). Student classes without a teacher class get no logit KD."""
+    unlabeled: str | None = None
+    """Folder of unlabelled images that join the training batches; on them the student learns from the teacher alone
+    (every KD term, plus the teacher's confident boxes as pseudo-labels)."""
+    unlabeled_ratio: float = 0.5
+    """Share of unlabelled images among the training images of an epoch (and so, on average, of a batch)."""
+    kd_pseudo: bool = True
+    """Use the teacher's confident boxes as detection targets on unlabelled images (False: KD terms only there)."""
+    kd_pseudo_conf: float = 0.5
+    """Confidence a teacher box needs to become a pseudo-label."""
     kd_teacher_amp: bool = True
     """Run the teacher in reduced precision where the hardware does it natively (fp16 on CUDA, bf16 on CPUs with
     native bf16); False keeps it in fp32."""
@@ -88,6 +98,19 @@ class KDConfig:
             self.kd_class_map = loaded
         elif self.kd_class_map is not None and not isinstance(self.kd_class_map, dict):
             raise KDConfigError(f"kd_class_map={self.kd_class_map!r} must be a dict or a YAML file")
+        if not 0.0 < self.unlabeled_ratio < 1.0:
+            raise KDConfigError(f"unlabeled_ratio={self.unlabeled_ratio} must be in (0, 1)")
+        if not 0.0 < self.kd_pseudo_conf < 1.0:
+            raise KDConfigError(f"kd_pseudo_conf={self.kd_pseudo_conf} must be in (0, 1)")
+        if self.unlabeled is not None:
+            from .dataset import image_files
+
+            folder = Path(str(self.unlabeled))
+            if not folder.is_dir():
+                raise KDConfigError(f"unlabeled={self.unlabeled}: not a folder")
+            if not image_files(folder):
+                raise KDConfigError(f"unlabeled={self.unlabeled}: no images in it")
+            self.unlabeled = str(folder.resolve())
         if self.kd_feat_loss not in FEATURE_LOSS_NAMES:
             raise KDConfigError(f"kd_feat_loss={self.kd_feat_loss!r} is unknown; choose one of {FEATURE_LOSS_NAMES}")
 

@@ -78,6 +78,7 @@ class KDLoss:
         cfg: KDConfig,
         reg_max: int,
         class_pairs: list[tuple[int, int]] | None = None,
+        unlabeled_files: set[str] | None = None,
     ) -> None:
         """``class_pairs`` lists (student class, teacher class) pairs; None means the same classes in the same order."""
         self.base = base
@@ -86,6 +87,13 @@ class KDLoss:
         self.cfg = cfg
         self.logit = SigmoidLogitKD(cfg.kd_cls_temp)
         self.dropped_steps = torch.zeros((), dtype=torch.int64, device=teacher.device)
+        self.unlabeled_files = unlabeled_files or set()
+        self.pseudo_boxes = 0  # pseudo-labels given so far (unlabelled images only)
+        # teacher class -> student class for pseudo-labels (-1: the student has no such class)
+        pairs = class_pairs if class_pairs is not None else [(i, i) for i in range(teacher.nc)]
+        self.teacher_to_student = torch.full((teacher.nc,), -1, dtype=torch.long, device=teacher.device)
+        for s_cls, t_cls in pairs:
+            self.teacher_to_student[t_cls] = s_cls
         self.box = DistributionKD(reg_max, cfg.kd_box_temp) if box_kd_reason(cfg, reg_max, teacher) is None else None
         # (student, teacher) class index tensors; None (the classes coincide index for index) needs no gather.
         self.class_index = None
@@ -108,17 +116,20 @@ class KDLoss:
             self.base.update()
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        teacher = self.teacher(batch["img"])
+        if self.unlabeled_files and self.cfg.kd_pseudo:
+            batch = self.pseudo_label(batch, teacher["pred"])
         loss, items = self.base(preds, batch)
         student = self.base.parse_output(preds) if hasattr(self.base, "parse_output") else preds
         if "scores" not in student:  # end-to-end heads: distil the dense one2many branch
             student = student["one2many"]
-        teacher = self.teacher(batch["img"])
         # A non-finite teacher output or KD term must not reach the student. Checking it on the host would stall every
         # step, so it is handled on the device: teacher outputs are made finite before use (finite inputs keep every
         # gradient finite), and the batch's KD contribution is multiplied by 0 when anything was non-finite.
         finite = torch.stack([torch.isfinite(teacher[k]).all() for k in ("boxes", "scores")]).all()
         finite = finite & torch.stack([torch.isfinite(f).all() for f in teacher["feats"]]).all()
         teacher = {
+            **teacher,
             "boxes": torch.nan_to_num(teacher["boxes"], 0.0, 0.0, 0.0),
             "scores": torch.nan_to_num(teacher["scores"], 0.0, 0.0, 0.0),
             "feats": [torch.nan_to_num(f, 0.0, 0.0, 0.0) for f in teacher["feats"]],
@@ -131,6 +142,47 @@ class KDLoss:
         items = dict(items)
         items.update(zip(KD_TERMS, kd.detach()))
         return torch.cat([loss.view(-1), kd.to(loss.dtype) * batch_size]), items
+
+    def pseudo_label(self, batch: dict[str, Any], pred: torch.Tensor) -> dict[str, Any]:
+        """Add the teacher's confident boxes as targets on the batch's unlabelled images.
+
+        An unlabelled image keeps whatever ground truth it carries (mosaic tiles cut from labelled images) and gains
+        every teacher box, after NMS, above ``kd_pseudo_conf`` that no ground-truth box already covers (IoU < 0.5).
+        Labelled images are left as they are. This runs a per-image loop and NMS (host syncs), only in this mode.
+        """
+        from ultralytics.utils.metrics import box_iou
+        from ultralytics.utils.nms import non_max_suppression
+        from ultralytics.utils.ops import xywh2xyxy, xyxy2xywh
+
+        flags = [f in self.unlabeled_files for f in batch["im_file"]]
+        if not any(flags):
+            return batch
+        h, w = batch["img"].shape[2:]
+        scale = torch.tensor([w, h, w, h], device=pred.device, dtype=torch.float32)
+        dets = non_max_suppression(pred, conf_thres=self.cfg.kd_pseudo_conf, iou_thres=0.7, max_det=300)
+        idx, cls, boxes = [batch["batch_idx"]], [batch["cls"]], [batch["bboxes"]]
+        for i, flag in enumerate(flags):
+            if not flag or not len(dets[i]):
+                continue
+            d = dets[i]
+            s_cls = self.teacher_to_student[d[:, 5].long()]
+            d, s_cls = d[s_cls >= 0], s_cls[s_cls >= 0]
+            gt = xywh2xyxy(batch["bboxes"][batch["batch_idx"] == i].to(scale.device) * scale)
+            if len(gt) and len(d):
+                keep = box_iou(d[:, :4], gt).amax(1) < 0.5
+                d, s_cls = d[keep], s_cls[keep]
+            if not len(d):
+                continue
+            idx.append(torch.full((len(d),), float(i), device=batch["batch_idx"].device))
+            cls.append(s_cls.view(-1, 1).to(batch["cls"]))
+            boxes.append((xyxy2xywh(d[:, :4]) / scale).clamp(0, 1).to(batch["bboxes"]))
+            self.pseudo_boxes += len(d)
+        if len(idx) == 1:
+            return batch
+        # Ultralytics' target padding expects each image's targets to be contiguous: sort by image, stably
+        batch_idx = torch.cat(idx)
+        order = torch.sort(batch_idx, stable=True).indices
+        return {**batch, "batch_idx": batch_idx[order], "cls": torch.cat(cls)[order], "bboxes": torch.cat(boxes)[order]}
 
     def terms(self, student: dict[str, Any], teacher: dict[str, Any]) -> torch.Tensor:
         """The three gain-scaled KD terms ``[kd_cls, kd_box, kd_feat]`` for one batch, as a (3,) tensor."""

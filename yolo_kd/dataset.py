@@ -120,6 +120,13 @@ def make_image(seed: int, index: int, size: int) -> tuple[np.ndarray, list[tuple
     return img, labels
 
 
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image Ultralytics can read under ``folder``, recursively, sorted."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix[1:].lower() in IMG_FORMATS)
+
+
 def make_dataset(
     root: str | Path = "datasets",
     name: str = "kdshapes",

@@ -11,13 +11,8 @@ import yaml
 
 from .classes import class_pairs
 from .config import KDConfigError
+from .dataset import image_files
 from .teacher import load_teacher_model
-
-
-def _images(source: Path) -> list[Path]:
-    from ultralytics.data.utils import IMG_FORMATS
-
-    return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix[1:].lower() in IMG_FORMATS)
 
 
 def label_folder(
@@ -52,7 +47,7 @@ def label_folder(
     src = Path(source)
     if not src.is_dir():
         raise KDConfigError(f"source={source}: not a folder")
-    files = _images(src)
+    files = image_files(src)
     if not files:
         raise KDConfigError(f"source={source}: no images in it")
     teacher = load_teacher_model(model)

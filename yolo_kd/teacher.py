@@ -110,4 +110,9 @@ class FrozenTeacher(nn.Module):
         raw = out[1] if isinstance(out, tuple) else out
         if "scores" not in raw:  # end-to-end heads: the dense one2many branch, unless fusion removed it
             raw = raw.get("one2many") or raw["one2one"]
-        return {"boxes": raw["boxes"].float(), "scores": raw["scores"].float(), "feats": [f.float() for f in feats]}
+        return {
+            "boxes": raw["boxes"].float(),
+            "scores": raw["scores"].float(),
+            "feats": [f.float() for f in feats],
+            "pred": out[0].float() if isinstance(out, tuple) else None,  # decoded (B, 4+C, A), for pseudo-labels
+        }

@@ -78,6 +78,7 @@ class KDDetectionTrainer(DetectionTrainer):
             self._check_pair(overrides)
         self.teacher: FrozenTeacher | None = None
         self.class_pairs: list[tuple[int, int]] = []
+        self.unlabeled_files: set[str] = set()
         self.kd_modules: KDModules | None = None
         self._resume_state = (record or {}).get("state")
         super().__init__(cfg, overrides, _callbacks)
@@ -209,8 +210,53 @@ class KDDetectionTrainer(DetectionTrainer):
         model = unwrap_model(self.model)
         base = getattr(model, "criterion", None) or model.init_criterion()
         model.criterion = KDLoss(
-            base, self.teacher, self.kd_modules, self.kd_cfg, model.model[-1].reg_max, self._class_pairs_or_none()
+            base,
+            self.teacher,
+            self.kd_modules,
+            self.kd_cfg,
+            model.model[-1].reg_max,
+            self._class_pairs_or_none(),
+            self.unlabeled_files,
         )
+
+    def build_dataset(self, img_path: Any, mode: str = "train", batch: int | None = None):
+        """Ultralytics' dataset; with ``unlabeled=``, the training set mixes in the unlabelled images.
+
+        The mix is an image list (one path a line, repeats allowed) written to the run folder: every labelled image
+        once, and unlabelled images cycled until they make up ``unlabeled_ratio`` of the list, so an epoch's batches
+        hold that share on average and go through the very same augmentation pipeline.
+        """
+        if mode == "train" and self.kd_cfg.unlabeled:
+            img_path = str(self._mixed_image_list(img_path))
+        return super().build_dataset(img_path, mode, batch)
+
+    def _mixed_image_list(self, img_path: Any) -> Path:
+        from .dataset import image_files
+
+        labelled: list[str] = []
+        for p in img_path if isinstance(img_path, list) else [img_path]:
+            p = Path(p)
+            if p.is_dir():
+                labelled += [str(f.resolve()) for f in image_files(p)]
+            else:  # an image list file
+                base = p.parent
+                for line in p.read_text().splitlines():
+                    line = line.strip()
+                    labelled.append(str(base / line[2:]) if line.startswith("./") else line)
+        unlabelled = [str(f) for f in image_files(self.kd_cfg.unlabeled)]
+        ratio = self.kd_cfg.unlabeled_ratio
+        n_unlabelled = max(1, round(len(labelled) * ratio / (1 - ratio)))
+        order = torch.randperm(len(unlabelled), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
+        picked = [unlabelled[order[i % len(unlabelled)]] for i in range(n_unlabelled)]
+        self.unlabeled_files = set(unlabelled)
+        path = self.save_dir / "train_with_unlabeled.txt"
+        path.write_text("\n".join(labelled + picked) + "\n")
+        if RANK in {-1, 0}:
+            LOGGER.info(
+                f"{colorstr('yolo-kd:')} training on {len(labelled)} labelled + {n_unlabelled} unlabelled image slots "
+                f"({len(unlabelled)} unlabelled images, unlabeled_ratio={ratio}); list: {path}"
+            )
+        return path
 
     def _class_pairs_or_none(self) -> list[tuple[int, int]] | None:
         n_student, n_teacher = len(_names(self.data["names"])), self.teacher.nc
