@@ -44,7 +44,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_with_kd(
         "model=yolov8n.yaml",
         f"teacher={teacher_pt}",
         f"data={data_yaml}",
-        "epochs=3",
+        "epochs=4",
         f"imgsz={IMGSZ}",
         "batch=2",
         "workers=0",
@@ -67,11 +67,12 @@ def test_sigkill_mid_epoch_then_resume_finishes_with_kd(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    assert len(_rows(run)) == 1
+    done = len(_rows(run))
+    assert 1 <= done < 4, "the kill must land mid-run"
 
     assert main(["train", f"resume={run / 'weights' / 'last.pt'}"]) == 0
     rows = _rows(run)
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     for r in rows:
         assert r["train/kd_cls"] > 0 and r["train/kd_box"] > 0 and r["train/kd_feat"] > 0
 

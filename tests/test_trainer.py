@@ -118,6 +118,12 @@ def test_teacher_frozen_connectors_trained_hooks_gone(data_yaml: str, teacher_pt
         )
     )
     trainer.add_callback("on_train_start", on_train_start)
+
+    def on_train_end(trainer: KDDetectionTrainer) -> None:
+        seen["teacher_after"] = trainer.teacher.model
+        seen["connectors_after"] = {k: v.clone() for k, v in trainer.kd_modules.state_dict().items()}
+
+    trainer.add_callback("on_train_end", on_train_end)
     trainer.add_callback("on_train_batch_start", on_train_batch_start)
     trainer.add_callback("on_train_batch_end", on_train_batch_end)
     trainer.train()
@@ -126,13 +132,14 @@ def test_teacher_frozen_connectors_trained_hooks_gone(data_yaml: str, teacher_pt
 
     assert seen["kd_in_opt"] and not seen["teacher_in_opt"] and not seen["teacher_in_student"]
     assert not seen["teacher_training"] and not seen["teacher_grad"]
-    after = trainer.teacher.model.state_dict()
+    after = seen["teacher_after"].state_dict()
     assert all(torch.equal(v, after[k]) for k, v in seen["teacher"].items()), "teacher weights or buffers moved"
-    moved = [k for k, v in trainer.kd_modules.state_dict().items() if not torch.equal(v, seen["connectors"][k])]
+    moved = [k for k, v in seen["connectors_after"].items() if not torch.equal(v, seen["connectors"][k])]
     assert moved, "connector weights never changed: they are not trained"
-    head = trainer.teacher.model.model[-1]
+    head = seen["teacher_after"].model[-1]
     assert len(head._forward_pre_hooks) == 0 and len(head._forward_hooks) == 0
     assert getattr(trainer.model, "criterion", None) is None
+    assert trainer.teacher is None and trainer.kd_modules is None, "the trainer still holds the teacher"
 
 
 def test_resume_continues_with_teacher_and_connectors(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:

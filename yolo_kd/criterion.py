@@ -159,7 +159,7 @@ class KDLoss:
             return batch
         h, w = batch["img"].shape[2:]
         scale = torch.tensor([w, h, w, h], device=pred.device, dtype=torch.float32)
-        dets = non_max_suppression(pred, conf_thres=self.cfg.kd_pseudo_conf, iou_thres=0.7, max_det=300)
+        dets = non_max_suppression(pred.float(), conf_thres=self.cfg.kd_pseudo_conf, iou_thres=0.7, max_det=300)
         idx, cls, boxes = [batch["batch_idx"]], [batch["cls"]], [batch["bboxes"]]
         for i, flag in enumerate(flags):
             if not flag or not len(dets[i]):

@@ -79,8 +79,15 @@ def _fixed_images(data: dict, imgsz: int, n: int = 4) -> list[torch.Tensor]:
     from ultralytics.data.augment import LetterBox
     from ultralytics.data.utils import IMG_FORMATS
 
-    val = data["val"] if isinstance(data["val"], (str, Path)) else data["val"][0]
-    files = sorted(p for p in Path(val).rglob("*") if p.suffix[1:].lower() in IMG_FORMATS)[:n]
+    val = Path(data["val"] if isinstance(data["val"], (str, Path)) else data["val"][0])
+    if val.is_file():  # an image list, one path a line ('./' relative to the list), as Ultralytics reads it
+        lines = [x.strip() for x in val.read_text().splitlines() if x.strip()]
+        candidates = [val.parent / x[2:] if x.startswith("./") else Path(x) for x in lines]
+    else:
+        candidates = list(val.rglob("*"))
+    files = sorted(p for p in candidates if p.suffix[1:].lower() in IMG_FORMATS)[:n]
+    if not files:
+        raise ExportError(f"no validation images found under {val} to compare outputs on")
     box = LetterBox((imgsz, imgsz), auto=False)
     out = []
     for f in files:

@@ -104,7 +104,9 @@ class FrozenTeacher(nn.Module):
             ctx = nullcontext()
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with self.tap, ctx:
+        # The trainer calls the criterion inside its own autocast (CUDA AMP); the teacher's precision is its own.
+        outer = torch.autocast(images.device.type, enabled=False)
+        with self.tap, outer, ctx:
             out = self.model(images)
             feats = self.tap.pop()
         raw = out[1] if isinstance(out, tuple) else out
@@ -114,5 +116,5 @@ class FrozenTeacher(nn.Module):
             "boxes": raw["boxes"].float(),
             "scores": raw["scores"].float(),
             "feats": [f.float() for f in feats],
-            "pred": out[0].float() if isinstance(out, tuple) else None,  # decoded (B, 4+C, A), for pseudo-labels
+            "pred": out[0] if isinstance(out, tuple) else None,  # decoded (B, 4+C, A), only pseudo-labels read it
         }

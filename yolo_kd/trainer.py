@@ -57,6 +57,9 @@ class KDDetectionTrainer(DetectionTrainer):
         if unknown:
             raise KDConfigError(f"unknown KD key(s) {unknown}; valid keys: {list(kd_keys())}")
         record = self._resume_record(overrides.get("resume"))
+        ignored = sorted(k for k in kd_args if k != "teacher")
+        if record is not None and ignored:
+            LOGGER.warning(f"{colorstr('yolo-kd:')} resume ignores {ignored}: KD settings come from the checkpoint")
         if record is not None:  # resume: the KD settings and teacher come from the checkpoint
             self.kd_cfg = load_kd_config(record["config"])
             teacher = kd_args.get("teacher") or record["teacher"]
@@ -108,8 +111,14 @@ class KDDetectionTrainer(DetectionTrainer):
 
     @staticmethod
     def _resume_record(resume: Any) -> dict[str, Any] | None:
-        if not resume or not isinstance(resume, (str, Path)) or not Path(resume).is_file():
-            return None  # resume=True without a path: Ultralytics finds the run; the KD record is read then
+        if not resume:
+            return None
+        if resume is True:  # as Ultralytics does: the most recent last.pt under runs/
+            from ultralytics.utils.files import get_latest_run
+
+            resume = get_latest_run()
+        if not isinstance(resume, (str, Path)) or not Path(resume).is_file():
+            raise KDConfigError(f"resume={resume}: no such checkpoint")
         ckpt = torch.load(resume, map_location="cpu", weights_only=False)
         record = ckpt.get(KD_RECORD) if isinstance(ckpt, dict) else None
         if record is None:
@@ -193,7 +202,9 @@ class KDDetectionTrainer(DetectionTrainer):
         params = [p for p in self.kd_modules.parameters() if p.requires_grad] if self.kd_modules is not None else []
         if params:
             base = {k: v for k, v in optimizer.param_groups[0].items() if k not in {"params", "param_group"}}
-            optimizer.add_param_group({**base, "params": params, "weight_decay": 0.0, "param_group": "kd"})
+            # lr0, not group 0's lr: MuSGD boosts some groups (3x lr), which the connectors must not inherit
+            group = {**base, "params": params, "weight_decay": 0.0, "param_group": "kd", "lr": self.args.lr0}
+            optimizer.add_param_group(group)
         return optimizer
 
     def _setup_train(self):
@@ -228,6 +239,15 @@ class KDDetectionTrainer(DetectionTrainer):
         """
         if mode == "train" and self.kd_cfg.unlabeled:
             img_path = str(self._mixed_image_list(img_path))
+            mixing = {k: getattr(self.args, k) for k in ("mosaic", "mixup", "cutmix") if getattr(self.args, k, 0)}
+            if mixing:
+                # A mosaic keeps only its first tile's file name, so an unlabelled tile under a labelled lead would
+                # train as empty background. Mixing augmentations are off in this mode.
+                LOGGER.warning(
+                    f"{colorstr('yolo-kd:')} unlabeled= turns off {sorted(mixing)} (tiles lose their source)"
+                )
+                for k in mixing:
+                    setattr(self.args, k, 0.0)
         return super().build_dataset(img_path, mode, batch)
 
     def _mixed_image_list(self, img_path: Any) -> Path:
@@ -250,7 +270,9 @@ class KDDetectionTrainer(DetectionTrainer):
         picked = [unlabelled[order[i % len(unlabelled)]] for i in range(n_unlabelled)]
         self.unlabeled_files = set(unlabelled)
         path = self.save_dir / "train_with_unlabeled.txt"
-        path.write_text("\n".join(labelled + picked) + "\n")
+        tmp = path.with_suffix(f".{RANK}.tmp")  # DDP ranks build it too: each writes whole, then renames
+        tmp.write_text("\n".join(labelled + picked) + "\n")
+        os.replace(tmp, path)
         if RANK in {-1, 0}:
             LOGGER.info(
                 f"{colorstr('yolo-kd:')} training on {len(labelled)} labelled + {n_unlabelled} unlabelled image slots "
@@ -271,6 +293,15 @@ class KDDetectionTrainer(DetectionTrainer):
         if self.world_size > 1 and self.kd_modules is not None and torch.distributed.is_initialized():
             average_gradients(self.kd_modules.parameters(), self.world_size)
         super().optimizer_step()
+
+    def _handle_nan_recovery(self, epoch):
+        """Ultralytics restores the student and optimizer from last.pt; the connectors come back with them."""
+        recovered = super()._handle_nan_recovery(epoch)
+        if recovered and self.kd_modules is not None:
+            record = read_kd_record(self.last) or {}
+            if record.get("state"):
+                self.kd_modules.load_state_dict(record["state"])
+        return recovered
 
     def _report_dropped_kd(self) -> None:
         criterion = getattr(unwrap_model(self.model), "criterion", None)
@@ -294,6 +325,7 @@ class KDDetectionTrainer(DetectionTrainer):
             # Drop the KD criterion from the live student so nothing of the teacher outlives training through it.
             if isinstance(self.model, torch.nn.Module):
                 unwrap_model(self.model).criterion = None
+            self.teacher = self.kd_modules = None  # a YOLO object keeps its trainer: release the teacher's memory
 
     # --- checkpoints -----------------------------------------------------------------------------------------------
 
@@ -318,6 +350,8 @@ class KDDetectionTrainer(DetectionTrainer):
             ckpt["train_args"] = {k: v for k, v in ckpt["train_args"].items() if k not in kd_keys()}
             ckpt[KD_RECORD] = self.kd_record(with_state=True)
             _atomic_save(ckpt, self.last)
+            if self.save_period > 0 and self.epoch % self.save_period == 0:
+                _atomic_save(ckpt, self.wdir / f"epoch{self.epoch}.pt")
             if self.best_fitness == self.fitness:
                 ckpt[KD_RECORD] = self.kd_record(with_state=False)
                 _atomic_save(ckpt, self.best)
