@@ -198,6 +198,7 @@ def _verify(
             imgsz=imgsz,
             batch=batch if weights.suffix == ".pt" else 1,
             device="0" if device.type == "cuda" else "cpu",
+            rect=False,  # exported models run at the fixed export size; PyTorch must see the very same inputs
             plots=False,
             verbose=False,
             half=False,
@@ -229,7 +230,7 @@ def _verify(
         "images_compared": len(images),
         "passed": precision != "fp32" or map_pt - map_ex <= FP32_TOLERANCE,
     }
-    base = exported.parent / f"{exported.stem if exported.is_file() else exported.name}_export_report"
+    base = exported.parent / f"{pt.stem}_{fmt}{'_' + precision if precision != 'fp32' else ''}_export_report"
     md = report_markdown(report)
     Path(f"{base}.json").write_text(json.dumps(report, indent=2))
     Path(f"{base}.md").write_text(md)
