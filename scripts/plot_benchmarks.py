@@ -1,0 +1,65 @@
+"""Plot the accuracy benchmark: validation mAP50-95 per epoch, mean over seeds, for each method.
+
+Writes a Mermaid chart (text, rendered by GitHub in README/BENCHMARKS) to stdout and a PNG to the runs folder (not
+committed: plots there are regenerated from the runs).
+
+    python scripts/plot_benchmarks.py --runs runs/bench --methods baseline native default logit feature
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from pathlib import Path
+
+
+def curve(run: Path) -> list[float]:
+    with open(run / "results.csv") as f:
+        return [float({k.strip(): v for k, v in r.items()}["metrics/mAP50-95(B)"]) for r in csv.DictReader(f)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="runs/bench")
+    p.add_argument("--methods", nargs="+", default=["baseline", "native", "default"])
+    a = p.parse_args()
+    runs = Path(a.runs)
+    curves = {}
+    for method in a.methods:
+        seeds = sorted(runs.glob(f"{method}_s*"))
+        per_seed = [curve(r) for r in seeds if (r / "results.csv").is_file()]
+        if per_seed:
+            n = min(len(c) for c in per_seed)
+            curves[method] = [statistics.mean(c[i] for c in per_seed) for i in range(n)]
+    n = min(len(c) for c in curves.values())
+    top = max(max(c) for c in curves.values())
+    lines = [
+        "```mermaid",
+        "xychart-beta",
+        f'    title "val mAP50-95 per epoch (mean of {len(seeds)} seeds): {", ".join(curves)}"',
+        f"    x-axis [{', '.join(str(i + 1) for i in range(n))}]",
+        f'    y-axis "mAP50-95" 0 --> {round(top * 1.15, 3)}',
+    ]
+    lines += [f"    line [{', '.join(f'{v:.4f}' for v in c[:n])}]" for c in curves.values()]
+    lines.append("```")
+    print("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, c in curves.items():
+        ax.plot(range(1, len(c) + 1), c, label=method)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mAP50-95 (mean over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(runs / "accuracy_curves.png", dpi=100)
+    print(f"\n(PNG: {runs / 'accuracy_curves.png'})")
+
+
+if __name__ == "__main__":
+    main()
