@@ -19,6 +19,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +37,13 @@ from yolo_kd.dataset import make_dataset  # noqa: E402
 # the labelled part; kd_lab_unl: default preset plus the rest of the images as unlabeled= (issue: learning from
 # unlabelled images). Compare with "default" (all labels) for the share of the gap the unlabelled images recover.
 METHODS = ("baseline", "native", "default", "logit", "feature", "default_fp32", "base_lab", "kd_lab", "kd_lab_unl")
+NO_KD = ("baseline", "native", "base_lab")  # --set does not apply to these
 
 
 def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namespace, project: Path) -> dict:
     """Train one student and return its final metrics."""
+    kd_set = parse_sets(args.set)
+    name = method_name(method, args.set)
     common = dict(
         data=data,
         epochs=args.epochs,
@@ -48,7 +53,7 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         deterministic=True,
         workers=args.workers,
         project=str(project),
-        name=f"{method}_s{seed}",
+        name=f"{name}_s{seed}",
         exist_ok=True,
         plots=False,
         device=args.device,
@@ -62,20 +67,24 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         if method == "base_lab":
             model.train(**common)
         elif method == "kd_lab":
-            model.train(trainer=KDDetectionTrainer, teacher=teacher, kd="default", **common)
+            model.train(trainer=KDDetectionTrainer, teacher=teacher, kd="default", **kd_set, **common)
         else:
-            model.train(trainer=KDDetectionTrainer, teacher=teacher, kd="default", unlabeled=unlabeled, **common)
+            model.train(
+                trainer=KDDetectionTrainer, teacher=teacher, kd="default", unlabeled=unlabeled, **kd_set, **common
+            )
     elif method == "baseline":
         model.train(**common)
     elif method == "native":
         model.train(distill_model=teacher, **common)
     elif method == "default_fp32":
-        model.train(trainer=KDDetectionTrainer, teacher=teacher, kd="default", kd_teacher_amp=False, **common)
+        model.train(
+            trainer=KDDetectionTrainer, teacher=teacher, kd="default", **{**kd_set, "kd_teacher_amp": False}, **common
+        )
     else:
-        model.train(trainer=KDDetectionTrainer, teacher=teacher, kd=method, **common)
+        model.train(trainer=KDDetectionTrainer, teacher=teacher, kd=method, **kd_set, **common)
     m = model.trainer.metrics
     return {
-        "method": method,
+        "method": name,
         "seed": seed,
         "mAP50": float(m["metrics/mAP50(B)"]),
         "mAP50-95": float(m["metrics/mAP50-95(B)"]),
@@ -84,11 +93,27 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
     }
 
 
+def parse_sets(sets: list[str]) -> dict:
+    """``["kd_cls=2", "unlabeled_ratio=0.75"]`` -> ``{"kd_cls": 2, "unlabeled_ratio": 0.75}`` (values read as YAML)."""
+    out = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def method_name(method: str, sets: list[str]) -> str:
+    """A variant's name in the results: the method plus its overrides, e.g. ``kd_lab_unl[unlabeled_ratio=0.75]``."""
+    if not sets or method in NO_KD:
+        return method
+    return f"{method}[{','.join(sets)}]"
+
+
 def split_dataset(data: str, fraction: float) -> tuple[str, str]:
     """Keep labels for the first ``fraction`` of the training images; the rest become a folder of bare images."""
     import shutil
-
-    import yaml
 
     root = Path(data).parent
     cfg = yaml.safe_load(Path(data).read_text())
@@ -124,7 +149,9 @@ def table(results: list[dict], teacher_map: tuple[float, float]) -> str:
         "| method | mAP50 | mAP50-95 | gain vs baseline (mAP50-95) | share of teacher gap closed | seeds |",
         "|---|---|---|---|---|---|",
     ]
-    by = {m: [r for r in results if r["method"] == m] for m in METHODS}
+    # presets in their fixed order, then --set variants in the order they were run
+    names = list(METHODS) + [r["method"] for r in results if r["method"] not in METHODS]
+    by = {m: [r for r in results if r["method"] == m] for m in dict.fromkeys(names)}
     base = statistics.mean(r["mAP50-95"] for r in by["baseline"]) if by["baseline"] else None
     for method, rs in by.items():
         if not rs:
@@ -139,11 +166,13 @@ def table(results: list[dict], teacher_map: tuple[float, float]) -> str:
             f"{mean95:.4f} ± {(max(m95) - min(m95)) / 2:.4f} | {gain} | {gap} | {len(rs)} |"
         )
     rows.append(f"| teacher | {teacher_map[0]:.4f} | {teacher_map[1]:.4f} | | | |")
-    if by["kd_lab"] and by["kd_lab_unl"] and by["default"]:
-        lab, unl, full = (statistics.mean(r["mAP50-95"] for r in by[k]) for k in ("kd_lab", "kd_lab_unl", "default"))
+    for unl_name in [m for m in by if m.startswith("kd_lab_unl") and by[m]]:
+        if not (by["kd_lab"] and by["default"]):
+            break
+        lab, unl, full = (statistics.mean(r["mAP50-95"] for r in by[k]) for k in ("kd_lab", unl_name, "default"))
         share = f"{(unl - lab) / (full - lab):.0%}" if full > lab else "n/a (no gap)"
         rows.append(
-            f"\nUnlabelled images: kd_lab {lab:.4f} -> kd_lab_unl {unl:.4f}; all labels (default) {full:.4f}: "
+            f"\nUnlabelled images: kd_lab {lab:.4f} -> {unl_name} {unl:.4f}; all labels (default) {full:.4f}: "
             f"they recover {share} of the gap."
         )
     return "\n".join(rows)
@@ -163,6 +192,13 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--label-fraction", type=float, default=0.25, help="labelled share for the *_lab methods")
     p.add_argument("--n-val", type=int, default=100)
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="yolo-kd keys for the KD methods (method log variants), e.g. --set kd_cls=2 kd_weight_power=0.5",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--project", default=str(ROOT / "runs" / "bench"))
