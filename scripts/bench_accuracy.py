@@ -44,6 +44,8 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
     """Train one student and return its final metrics."""
     kd_set = parse_sets(args.set)
     name = method_name(method, args.set)
+    if args.epochs != 20:  # other schedules get their own folder, so runs of one schedule never overwrite another's
+        project = project / f"e{args.epochs}"
     common = dict(
         data=data,
         epochs=args.epochs,

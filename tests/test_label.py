@@ -104,6 +104,7 @@ def test_training_with_unlabeled_images_uses_teacher_pseudo_labels(
 
     def on_train_epoch_end(trainer: KDDetectionTrainer) -> None:
         seen["pseudo"] = trainer.model.criterion.pseudo_boxes
+        seen["every"] = trainer.model.criterion.pseudo_every_sample
         seen["files"] = trainer.train_loader.dataset.im_files
 
     trainer = KDDetectionTrainer(
@@ -114,6 +115,7 @@ def test_training_with_unlabeled_images_uses_teacher_pseudo_labels(
             unlabeled=str(raw_images),
             unlabeled_ratio=0.5,
             kd_pseudo_conf=0.001,
+            close_mosaic=0,  # keep mosaic on in this one epoch
             epochs=1,
             imgsz=IMGSZ,
             batch=8,
@@ -129,6 +131,7 @@ def test_training_with_unlabeled_images_uses_teacher_pseudo_labels(
     n_unl = sum(f in unlabelled for f in seen["files"])
     assert n_unl == 16 and len(seen["files"]) == 32  # 16 labelled + as many unlabelled slots (ratio 0.5)
     assert seen["pseudo"] > 0, "no teacher box became a pseudo-label"
+    assert trainer.args.mosaic == 1.0 and seen["every"], "mosaic stays on; its samples are all pseudo-labelled"
     with open(tmp_path / "semi" / "results.csv") as f:
         row = {k.strip(): float(v) for k, v in next(csv.DictReader(f)).items()}
     assert all(row[f"train/{k}"] > 0 for k in ("kd_cls", "kd_box", "kd_feat", "box_loss", "cls_loss"))
@@ -153,7 +156,7 @@ def test_bad_unlabeled_folders_are_refused(data_yaml: str, teacher_pt: str, tmp_
     assert not (tmp_path / "p").exists()
 
 
-def test_pseudo_labels_fill_only_unlabelled_images_and_skip_covered_boxes() -> None:
+def test_pseudo_labels_fill_unlabelled_images_or_every_mixed_sample() -> None:
     from types import SimpleNamespace
 
     import torch
@@ -187,3 +190,8 @@ def test_pseudo_labels_fill_only_unlabelled_images_and_skip_covered_boxes() -> N
     assert out["cls"].view(-1).tolist() == [1.0, 0.0, 0.0]
     assert torch.allclose(out["bboxes"][1], torch.tensor([0.7, 0.7, 0.2, 0.2]))
     assert loss.pseudo_boxes == 1
+    # with mixing augmentations on, a labelled lead image may carry unlabelled tiles: every sample is filled
+    loss.pseudo_every_sample = True
+    out = loss.pseudo_label(batch, pred)
+    assert out["batch_idx"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert torch.allclose(out["bboxes"][3], torch.tensor([0.8, 0.8, 0.1, 0.1]))

@@ -171,6 +171,12 @@ def test_resume_continues_with_teacher_and_connectors(data_yaml: str, teacher_pt
     last = tmp_path / "resume" / "weights" / "last.pt"
     record = read_kd_record(last)
     assert record["config"]["kd_feat_loss"] == "mgd" and record["state"]
+    assert not list(last.parent.glob("*.partial")), "checkpoint scratch files left behind"
+    # As after a kill between Ultralytics' results.csv row for epoch 2 and its checkpoint: the row must not survive
+    csv_file = tmp_path / "resume" / "results.csv"
+    lines = csv_file.read_text().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("1,")
+    csv_file.write_text("\n".join([*lines, "2" + lines[1][1:]]) + "\n")
 
     loaded: dict = {}
 

@@ -82,6 +82,7 @@ class KDDetectionTrainer(DetectionTrainer):
         self.teacher: FrozenTeacher | None = None
         self.class_pairs: list[tuple[int, int]] = []
         self.unlabeled_files: set[str] = set()
+        self.pseudo_every_sample = False  # set by build_dataset: unlabeled= with mosaic/mixup/cutmix on
         self.kd_modules: KDModules | None = None
         self._resume_state = (record or {}).get("state")
         super().__init__(cfg, overrides, _callbacks)
@@ -229,6 +230,7 @@ class KDDetectionTrainer(DetectionTrainer):
             self._class_pairs_or_none(),
             self.unlabeled_files,
         )
+        model.criterion.pseudo_every_sample = self.pseudo_every_sample
 
     def build_dataset(self, img_path: Any, mode: str = "train", batch: int | None = None):
         """Ultralytics' dataset; with ``unlabeled=``, the training set mixes in the unlabelled images.
@@ -239,16 +241,25 @@ class KDDetectionTrainer(DetectionTrainer):
         """
         if mode == "train" and self.kd_cfg.unlabeled:
             img_path = str(self._mixed_image_list(img_path))
-            mixing = {k: getattr(self.args, k) for k in ("mosaic", "mixup", "cutmix") if getattr(self.args, k, 0)}
-            if mixing:
-                # A mosaic keeps only its first tile's file name, so an unlabelled tile under a labelled lead would
-                # train as empty background. Mixing augmentations are off in this mode.
-                LOGGER.warning(
-                    f"{colorstr('yolo-kd:')} unlabeled= turns off {sorted(mixing)} (tiles lose their source)"
+            mixing = sorted(k for k in ("mosaic", "mixup", "cutmix") if getattr(self.args, k, 0))
+            # A mixed sample keeps only its lead image's file name, so an unlabelled tile under a labelled lead cannot
+            # be told apart and would train as empty background. While mixing is on, every sample gets the teacher's
+            # uncovered confident boxes; once Ultralytics closes mosaic, only unlabelled images do.
+            self.pseudo_every_sample = bool(mixing)
+            if mixing and RANK in {-1, 0}:
+                LOGGER.info(
+                    f"{colorstr('yolo-kd:')} unlabeled= with {mixing}: teacher pseudo-labels go on every training "
+                    "sample while mixing is on (a mixed sample may hold unlabelled tiles)"
                 )
-                for k in mixing:
-                    setattr(self.args, k, 0.0)
         return super().build_dataset(img_path, mode, batch)
+
+    def _close_dataloader_mosaic(self) -> None:
+        """Ultralytics turns mixing off for the last epochs; from then on only unlabelled images get pseudo-labels."""
+        super()._close_dataloader_mosaic()
+        self.pseudo_every_sample = False
+        criterion = getattr(unwrap_model(self.model), "criterion", None)
+        if isinstance(criterion, KDLoss):
+            criterion.pseudo_every_sample = False
 
     def _mixed_image_list(self, img_path: Any) -> Path:
         from .dataset import image_files
@@ -342,20 +353,55 @@ class KDDetectionTrainer(DetectionTrainer):
         return record
 
     def save_model(self):
-        """Save as Ultralytics does, then add the KD record (connector state only in ``last.pt``, for resume)."""
-        saved = super().save_model()
+        """Save as Ultralytics does, then add the KD record (connector state only in ``last.pt``, for resume).
+
+        Ultralytics writes its checkpoint files in place, so a kill in mid-write would leave a truncated ``last.pt``.
+        Here it writes to ``*.partial`` files instead; each is completed with the KD record and moved into place
+        atomically, so ``last.pt`` and ``best.pt`` are always whole checkpoints of some finished epoch.
+        """
+        last, best = self.last, self.best
+        partial_last, partial_best = (p.with_name(f"{p.name}.partial") for p in (last, best))
+        for p in (partial_last, partial_best):
+            p.unlink(missing_ok=True)
+        self.last, self.best = partial_last, partial_best
+        try:
+            saved = super().save_model()
+        finally:
+            self.last, self.best = last, best
         if saved and RANK in {-1, 0}:
-            ckpt = torch.load(self.last, map_location="cpu", weights_only=False)
+            ckpt = torch.load(partial_last, map_location="cpu", weights_only=False)
             # train_args stay pure Ultralytics, so plain YOLO(path) and resume parse them; KD lives in the record
             ckpt["train_args"] = {k: v for k, v in ckpt["train_args"].items() if k not in kd_keys()}
             ckpt[KD_RECORD] = self.kd_record(with_state=True)
-            _atomic_save(ckpt, self.last)
+            _atomic_save(ckpt, last)
             if self.save_period > 0 and self.epoch % self.save_period == 0:
                 _atomic_save(ckpt, self.wdir / f"epoch{self.epoch}.pt")
-            if self.best_fitness == self.fitness:
+            if partial_best.exists():  # Ultralytics found a new best this epoch
                 ckpt[KD_RECORD] = self.kd_record(with_state=False)
-                _atomic_save(ckpt, self.best)
+                _atomic_save(ckpt, best)
+        for p in (partial_last, partial_best):
+            p.unlink(missing_ok=True)
         return saved
+
+    def resume_training(self, ckpt: dict[str, Any] | None) -> None:
+        """Resume as Ultralytics does, and drop ``results.csv`` rows of epochs the checkpoint does not hold.
+
+        Ultralytics appends an epoch's row before it saves the checkpoint; a kill between the two would otherwise
+        leave that epoch twice in ``results.csv`` once it is trained again.
+        """
+        super().resume_training(ckpt)
+        if ckpt is None or not self.resume or RANK not in {-1, 0} or not self.csv.is_file():
+            return
+        lines = self.csv.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and float(ln.split(",")[0]) <= self.start_epoch]
+        if len(kept) < len(lines):
+            LOGGER.warning(
+                f"{colorstr('yolo-kd:')} results.csv had {len(lines) - len(kept)} row(s) past the checkpoint's epoch "
+                f"{self.start_epoch}; dropped, they are trained again"
+            )
+            tmp = self.csv.with_suffix(".csv.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.csv)
 
     def final_eval(self):
         """Finished checkpoints cannot be resumed, so the connector state leaves ``last.pt`` too."""
