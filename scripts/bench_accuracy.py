@@ -34,8 +34,9 @@ from yolo_kd.dataset import make_dataset  # noqa: E402
 # "default_fp32": the default preset with the teacher kept in fp32 (kd_teacher_amp=False), to show that the
 # reduced-precision teacher costs no accuracy.
 # "*_lab": only --label-fraction of the training images keep their labels. base_lab: no KD; kd_lab: default preset on
-# the labelled part; kd_lab_unl: default preset plus the rest of the images as unlabeled= (issue: learning from
-# unlabelled images). Compare with "default" (all labels) for the share of the gap the unlabelled images recover.
+# the labelled part; kd_lab_unl: default preset plus the rest of the images as unlabeled=, at the unlabeled_ratio that
+# shows each once per epoch (1 - label fraction), so an epoch is as long as the fully labelled run's. Compare with
+# "default" (all labels) for the share of the gap the unlabelled images recover.
 METHODS = ("baseline", "native", "default", "logit", "feature", "default_fp32", "base_lab", "kd_lab", "kd_lab_unl")
 NO_KD = ("baseline", "native", "base_lab")  # --set does not apply to these
 
@@ -71,8 +72,10 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         elif method == "kd_lab":
             model.train(trainer=KDDetectionTrainer, teacher=teacher, kd="default", **kd_set, **common)
         else:
+            # every unlabelled image once per epoch: epochs as long as the fully labelled run's
+            ratio = {"unlabeled_ratio": round(1 - args.label_fraction, 6), **kd_set}
             model.train(
-                trainer=KDDetectionTrainer, teacher=teacher, kd="default", unlabeled=unlabeled, **kd_set, **common
+                trainer=KDDetectionTrainer, teacher=teacher, kd="default", unlabeled=unlabeled, **ratio, **common
             )
     elif method == "baseline":
         model.train(**common)

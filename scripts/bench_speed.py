@@ -1,7 +1,9 @@
 """Training-step speed and memory: baseline student, teacher forward, yolo-kd step, Ultralytics' native KD step.
 
 All four run in one process on the same synthetic batches, after warm-up; each figure is the median of repeated
-steps. The last line is machine-readable: ``kd/limit=<c/(a+b)> kd/native=<c/d>``.
+steps. With ``--memory`` each mode also runs alone in a fresh process, so its peak memory is its own, and yolo-kd's
+peak is checked against the student step's plus the teacher's weights and one forward's activations. The last line is
+machine-readable: ``kd/limit=<c/(a+b)> kd/native=<c/d>``.
 
     python scripts/bench_speed.py --teacher yolov8x.yaml --student yolov8n.yaml --imgsz 320 --batch 4 --steps 10
 
@@ -14,6 +16,7 @@ steps. The last line is machine-readable: ``kd/limit=<c/(a+b)> kd/native=<c/d>``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -60,9 +63,13 @@ class PeakRSS:
     def __init__(self, device: torch.device) -> None:
         self.device, self.peak, self._stop = device, 0, threading.Event()
 
-    def _rss(self) -> int:
+    @staticmethod
+    def current() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> int:
+        return self.current()
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -115,9 +122,18 @@ def main() -> None:
     p.add_argument("--nc", type=int, default=80)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--fp32-teacher", action="store_true", help="yolo-kd teacher in fp32 (kd_teacher_amp=False)")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="also run each mode alone in a fresh process and check yolo-kd's peak memory against (a) + (b)",
+    )
+    p.add_argument("--only", choices=list("abcd"), help=argparse.SUPPRESS)  # internal: one mode per process
     a = p.parse_args()
+    if a.memory and not a.only:
+        isolated = {mode: run_alone(mode) for mode in "abcd"}
 
     device = torch.device(a.device)
+    base_rss = PeakRSS.current()  # before any model: what every mode's process holds anyway
     amp = device.type == "cuda"
     args = get_cfg(overrides={"imgsz": a.imgsz})
     batches = [make_batch(a.batch, a.imgsz, a.nc, device, s) for s in range(a.warmup + a.steps)]
@@ -136,25 +152,37 @@ def main() -> None:
 
         return step
 
-    results = {}
-    # (a) baseline
-    student = build(a.student, a.nc, args).to(device).train()
-    results["a"] = timed(stepper(student), batches, a.warmup, device)
-    # (b) teacher forward alone
-    teacher = FrozenTeacher(build(a.teacher, a.nc, args), device, amp=cfg.kd_teacher_amp)
-    results["b"] = timed(lambda b: teacher(b["img"]), batches, a.warmup, device)
-    # (c) yolo-kd
-    student_c = build(a.student, a.nc, args).to(device).train()
-    modules = KDModules(probe_head_channels(student_c), probe_head_channels(teacher.model), cfg).to(device)
-    student_c.criterion = KDLoss(student_c.init_criterion(), teacher, modules, cfg, student_c.model[-1].reg_max)
-    results["c"] = timed(stepper(student_c, list(modules.parameters())), batches, a.warmup, device)
-    del student_c, modules
-    # (d) native distill_model=
-    student_d = build(a.student, a.nc, args).to(device)
-    native = DistillationModel(teacher_model=build(a.teacher, a.nc, args).to(device), student_model=student_d)
-    native.train()
-    results["d"] = timed(stepper(native), batches, a.warmup, device)
+    teachers: dict[str, FrozenTeacher] = {}
 
+    def yolo_kd_teacher() -> FrozenTeacher:  # built once, shared by (b) and (c) as in a real run
+        if "t" not in teachers:
+            teachers["t"] = FrozenTeacher(build(a.teacher, a.nc, args), device, amp=cfg.kd_teacher_amp)
+        return teachers["t"]
+
+    def measure(mode: str) -> tuple[float, float]:
+        if mode == "a":  # baseline
+            student = build(a.student, a.nc, args).to(device).train()
+            return timed(stepper(student), batches, a.warmup, device)
+        if mode == "b":  # teacher forward alone
+            teacher = yolo_kd_teacher()
+            return timed(lambda b: teacher(b["img"]), batches, a.warmup, device)
+        if mode == "c":  # yolo-kd
+            teacher = yolo_kd_teacher()
+            student = build(a.student, a.nc, args).to(device).train()
+            modules = KDModules(probe_head_channels(student), probe_head_channels(teacher.model), cfg).to(device)
+            student.criterion = KDLoss(student.init_criterion(), teacher, modules, cfg, student.model[-1].reg_max)
+            return timed(stepper(student, list(modules.parameters())), batches, a.warmup, device)
+        # (d) native distill_model=
+        student = build(a.student, a.nc, args).to(device)
+        native = DistillationModel(teacher_model=build(a.teacher, a.nc, args).to(device), student_model=student)
+        native.train()
+        return timed(stepper(native), batches, a.warmup, device)
+
+    if a.only:  # one mode in this fresh process: its memory, isolated (see --memory)
+        t, peak = measure(a.only)
+        print(json.dumps({"mode": a.only, "ms": t * 1000, "peak_gib": peak, "base_gib": base_rss / 2**30}))
+        return
+    results = {mode: measure(mode) for mode in "abcd"}
     (ta, ma), (tb, mb), (tc, mc), (td, md) = (results[k] for k in "abcd")
     unit = "peak allocated GiB" if device.type == "cuda" else "peak RSS GiB"
     print(f"device={device} teacher={a.teacher} student={a.student} imgsz={a.imgsz} batch={a.batch} steps={a.steps}")
@@ -170,7 +198,38 @@ def main() -> None:
     ):
         print(f"| {name} | {t * 1000:.1f} | {m:.2f} |")
     print(f"c/(a+b)={tc / (ta + tb):.3f} c/a={tc / ta:.3f} c/d={tc / td:.3f}")
+    if a.memory:
+        print(memory_report(isolated, device))
     print(f"kd/limit={tc / (ta + tb):.3f} kd/native={tc / td:.3f}")
+
+
+def run_alone(mode: str) -> dict:
+    """Run this script for one mode in a fresh process (same arguments) and return its JSON line."""
+    import subprocess
+
+    argv = [a for a in sys.argv[1:] if a != "--memory"]
+    out = subprocess.run([sys.executable, __file__, *argv, "--only", mode], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_report(isolated: dict, device: torch.device) -> str:
+    """Peak memory of each mode alone, and yolo-kd's against the student step plus the teacher's own footprint.
+
+    The bound of issue 5: (c) may use at most (a) plus the teacher's weights plus one set of teacher activations
+    without gradient. (b)'s increase over the bare process is exactly the teacher's weights plus one forward's
+    activations, so the bound is peak(a) + peak(b) - base (on CUDA, base is 0: allocations only).
+    """
+    base = 0.0 if device.type == "cuda" else isolated["a"]["base_gib"]
+    pa, pb, pc, pd = (isolated[m]["peak_gib"] for m in "abcd")
+    bound = pa + pb - base
+    rows = [
+        "| mode, alone in its process | peak GiB | over the bare process |",
+        "|---|---|---|",
+        *(f"| ({m}) | {isolated[m]['peak_gib']:.3f} | {isolated[m]['peak_gib'] - base:.3f} |" for m in "abcd"),
+        f"bare process {base:.3f} GiB; bound for (c) = (a) + (b) - bare = {bound:.3f} GiB; (c) {pc:.3f} GiB: "
+        f"{'within' if pc <= bound else 'OVER'} the bound by {abs(bound - pc):.3f} GiB; (c)/(d) = {pc / pd:.2f}",
+    ]
+    return "\n".join(rows)
 
 
 def teacher_dtype(device: torch.device, cfg: KDConfig) -> str:
