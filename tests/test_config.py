@@ -46,6 +46,7 @@ def test_kd_keys_never_collide_with_ultralytics() -> None:
         ({"kd_box": "big"}, "kd_box='big' must be a number"),
         ({"kd_teacher_amp": "yes"}, "must be True or False"),
         ({"kd_mgd_mask": 1.0}, "kd_mgd_mask=1.0 must be in [0, 1)"),
+        ({"kd_final": 1.5}, "kd_final=1.5 must be in [0, 1]"),
         ({"kd_tmep": 2}, "unknown KD key(s) ['kd_tmep']"),
     ],
 )

@@ -196,6 +196,31 @@ def test_resume_continues_with_teacher_and_connectors(data_yaml: str, teacher_pt
     assert float(rows[1]["train/kd_feat"]) > 0
 
 
+def test_kd_final_decays_the_kd_gains_over_the_epochs(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
+    seen: list[float] = []
+    trainer = KDDetectionTrainer(
+        overrides=dict(
+            model="yolov8n.yaml",
+            data=data_yaml,
+            teacher=teacher_pt,
+            kd_final=0.0,
+            epochs=3,
+            imgsz=IMGSZ,
+            batch=8,
+            workers=0,
+            plots=False,
+            project=str(tmp_path),
+            name="decay",
+        )
+    )
+    trainer.add_callback("on_train_batch_end", lambda t: seen.append(t.model.criterion.schedule))
+    trainer.train()
+    assert sorted(set(seen), reverse=True) == [1.0, 0.5, 0.0]  # one value per epoch: 1 -> kd_final, linear
+    rows = _rows(tmp_path / "decay")
+    assert all(float(rows[0][c]) > 0 for c in KD_COLUMNS)
+    assert all(float(rows[2][c]) == 0 for c in KD_COLUMNS) and float(rows[2]["train/cls_loss"]) > 0
+
+
 def _bad(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> str:
     rc = main(["train", *argv, f"project={tmp_path / 'proj'}", "name=bad", "epochs=1", f"imgsz={IMGSZ}"])
     err = capsys.readouterr().err.strip()

@@ -47,6 +47,9 @@ class KDConfig:
     """Temperature of CWD's spatial softmax."""
     kd_mgd_mask: float = 0.5
     """Share of student feature pixels MGD masks out before regenerating the teacher map."""
+    kd_final: float = 1.0
+    """KD gains at the last epoch as a fraction of the first, linear in between (like Ultralytics' ``lrf``);
+    1.0 keeps them constant, 0.0 hands the last epochs to the ground truth alone."""
     kd_weight_power: float = 1.0
     """Anchor weight = teacher confidence ** power (0 weighs every anchor alike)."""
     kd_class_map: str | dict | None = None
@@ -84,6 +87,8 @@ class KDConfig:
         for name in ("kd_cls_temp", "kd_box_temp", "kd_feat_temp"):
             if getattr(self, name) <= 0:
                 raise KDConfigError(f"{name}={getattr(self, name)} must be > 0")
+        if not 0.0 <= self.kd_final <= 1.0:
+            raise KDConfigError(f"kd_final={self.kd_final} must be in [0, 1]")
         if not 0.0 <= self.kd_mgd_mask < 1.0:
             raise KDConfigError(f"kd_mgd_mask={self.kd_mgd_mask} must be in [0, 1)")
         if isinstance(self.kd_class_map, (str, Path)):

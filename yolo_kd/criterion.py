@@ -89,6 +89,7 @@ class KDLoss:
         self.dropped_steps = torch.zeros((), dtype=torch.int64, device=teacher.device)
         self.unlabeled_files = unlabeled_files or set()
         self.pseudo_boxes = 0  # pseudo-labels given so far
+        self.schedule = 1.0  # the epoch's share of the KD gains (kd_final), set by the trainer each epoch
         # True while mosaic/mixup/cutmix run: a mixed sample may hold unlabelled tiles under a labelled lead image
         self.pseudo_every_sample = False
         # teacher class -> student class for pseudo-labels (-1: the student has no such class)
@@ -205,7 +206,7 @@ class KDLoss:
         kd_feat = (
             cfg.kd_feat * self.modules.feature_loss(student["feats"], teacher["feats"]) if cfg.kd_feat > 0 else zero
         )
-        return torch.stack([kd_cls, kd_box, kd_feat])
+        return torch.stack([kd_cls, kd_box, kd_feat]) * self.schedule
 
 
 def box_kd_reason(cfg: KDConfig, reg_max: int, teacher: FrozenTeacher) -> str | None:

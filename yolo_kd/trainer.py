@@ -87,6 +87,7 @@ class KDDetectionTrainer(DetectionTrainer):
         self._resume_state = (record or {}).get("state")
         super().__init__(cfg, overrides, _callbacks)
         self.add_callback("on_train_epoch_end", KDDetectionTrainer._report_dropped_kd)
+        self.add_callback("on_train_epoch_start", KDDetectionTrainer._schedule_kd)
         if LOCAL_RANK != -1 and int(os.environ.get("WORLD_SIZE", 1)) > self.world_size:
             # Launched by torchrun across nodes: Ultralytics counts only this node's devices, but the process group
             # and the per-process batch must use the global world size.
@@ -313,6 +314,13 @@ class KDDetectionTrainer(DetectionTrainer):
             if record.get("state"):
                 self.kd_modules.load_state_dict(record["state"])
         return recovered
+
+    def _schedule_kd(self) -> None:
+        """This epoch's share of the KD gains: 1 at the first epoch, ``kd_final`` at the last, linear in between."""
+        criterion = getattr(unwrap_model(self.model), "criterion", None)
+        if isinstance(criterion, KDLoss):
+            progress = self.epoch / max(self.epochs - 1, 1)
+            criterion.schedule = 1.0 + (self.kd_cfg.kd_final - 1.0) * progress
 
     def _report_dropped_kd(self) -> None:
         criterion = getattr(unwrap_model(self.model), "criterion", None)
