@@ -255,7 +255,7 @@ def main() -> None:
     latest = {}
     for line in results_file.read_text().splitlines():
         r = json.loads(line)
-        if r.get("setting", setting(args, teacher)) == setting(args, teacher):
+        if r.get("setting") == setting(args, teacher):
             latest[(r["method"], r["seed"])] = r
     md = table(list(latest.values()), teacher_map)
     print(md)

@@ -1,9 +1,10 @@
 """Training-step speed and memory: baseline student, teacher forward, yolo-kd step, Ultralytics' native KD step.
 
-All four run in one process on the same synthetic batches, after warm-up; each figure is the median of repeated
-steps. With ``--memory`` each mode also runs alone in a fresh process, so its peak memory is its own, and yolo-kd's
-peak is checked against the student step's plus the teacher's weights and one forward's activations. The last line is
-machine-readable: ``kd/limit=<c/(a+b)> kd/native=<c/d>``.
+All four run in one process on the same synthetic batches, taking turns step by step, after warm-up; each figure is
+the median of repeated steps. With ``--memory`` each mode also runs alone in a fresh process, so its peak memory is
+its own (memory is reported only that way), and yolo-kd's peak is checked against the student step's plus the
+teacher's weights and one forward's activations. The last line is machine-readable:
+``kd/limit=<c/(a+b)> kd/native=<c/d>``.
 
     python scripts/bench_speed.py --teacher yolov8x.yaml --student yolov8n.yaml --imgsz 320 --batch 4 --steps 10
 
@@ -22,7 +23,9 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -159,44 +162,56 @@ def main() -> None:
             teachers["t"] = FrozenTeacher(build(a.teacher, a.nc, args), device, amp=cfg.kd_teacher_amp)
         return teachers["t"]
 
-    def measure(mode: str) -> tuple[float, float]:
+    def make(mode: str) -> Callable[[dict], Any]:
+        """One step of ``mode`` as a callable on a batch."""
         if mode == "a":  # baseline
-            student = build(a.student, a.nc, args).to(device).train()
-            return timed(stepper(student), batches, a.warmup, device)
+            return stepper(build(a.student, a.nc, args).to(device).train())
         if mode == "b":  # teacher forward alone
             teacher = yolo_kd_teacher()
-            return timed(lambda b: teacher(b["img"]), batches, a.warmup, device)
+            return lambda b: teacher(b["img"])
         if mode == "c":  # yolo-kd
             teacher = yolo_kd_teacher()
             student = build(a.student, a.nc, args).to(device).train()
             modules = KDModules(probe_head_channels(student), probe_head_channels(teacher.model), cfg).to(device)
             student.criterion = KDLoss(student.init_criterion(), teacher, modules, cfg, student.model[-1].reg_max)
-            return timed(stepper(student, list(modules.parameters())), batches, a.warmup, device)
+            return stepper(student, list(modules.parameters()))
         # (d) native distill_model=
         student = build(a.student, a.nc, args).to(device)
         native = DistillationModel(teacher_model=build(a.teacher, a.nc, args).to(device), student_model=student)
         native.train()
-        return timed(stepper(native), batches, a.warmup, device)
+        return stepper(native)
 
     if a.only:  # one mode in this fresh process: its memory, isolated (see --memory)
-        t, peak = measure(a.only)
+        t, peak = timed(make(a.only), batches, a.warmup, device)
         print(json.dumps({"mode": a.only, "ms": t * 1000, "peak_gib": peak, "base_gib": base_rss / 2**30}))
         return
-    results = {mode: measure(mode) for mode in "abcd"}
-    (ta, ma), (tb, mb), (tc, mc), (td, md) = (results[k] for k in "abcd")
-    unit = "peak allocated GiB" if device.type == "cuda" else "peak RSS GiB"
+    # The four modes take turns, one step each per round, so a machine that speeds up or slows down during the run
+    # shifts them alike; timing them one block after another let such drift move the ratios by 10-20%.
+    steps = {mode: make(mode) for mode in "abcd"}
+    times: dict[str, list[float]] = {mode: [] for mode in "abcd"}
+    for i, batch in enumerate(batches):
+        for mode, fn in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= a.warmup:
+                times[mode].append(time.perf_counter() - t)
+    ta, tb, tc, td = (statistics.median(times[m]) for m in "abcd")
     print(f"device={device} teacher={a.teacher} student={a.student} imgsz={a.imgsz} batch={a.batch} steps={a.steps}")
-    print(f"| step | median ms | {unit} |\n|---|---|---|")
-    for name, (t, m) in zip(
+    print("| step | median ms |\n|---|---|")
+    for name, t in zip(
         (
             "(a) student step",
             f"(b) teacher forward ({teacher_dtype(device, cfg)})",
             "(c) yolo-kd step",
             "(d) native step",
         ),
-        ((ta, ma), (tb, mb), (tc, mc), (td, md)),
+        (ta, tb, tc, td),
     ):
-        print(f"| {name} | {t * 1000:.1f} | {m:.2f} |")
+        print(f"| {name} | {t * 1000:.1f} |")
     print(f"c/(a+b)={tc / (ta + tb):.3f} c/a={tc / ta:.3f} c/d={tc / td:.3f}")
     if a.memory:
         print(memory_report(isolated, device))
