@@ -101,17 +101,20 @@ class PeakRSS:
 def timed(fn, batches: list[dict], warmup: int, device: torch.device) -> tuple[float, float]:
     for b in batches[:warmup]:
         fn(b)
-    times = []
     with PeakRSS(device) as mem:
-        for b in batches[warmup:]:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn(b)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
+        times = [seconds(fn, b, device) for b in batches[warmup:]]
     return statistics.median(times), mem.gib
+
+
+def seconds(fn, batch: dict, device: torch.device) -> float:
+    """Wall time of one call, with the GPU's queued work finished on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -191,14 +194,9 @@ def main() -> None:
     times: dict[str, list[float]] = {mode: [] for mode in "abcd"}
     for i, batch in enumerate(batches):
         for mode, fn in steps.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn(batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            dt = seconds(fn, batch, device)
             if i >= a.warmup:
-                times[mode].append(time.perf_counter() - t)
+                times[mode].append(dt)
     ta, tb, tc, td = (statistics.median(times[m]) for m in "abcd")
     print(f"device={device} teacher={a.teacher} student={a.student} imgsz={a.imgsz} batch={a.batch} steps={a.steps}")
     print("| step | median ms |\n|---|---|")
