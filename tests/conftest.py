@@ -7,6 +7,7 @@ import os
 os.environ["YOLO_OFFLINE"] = "1"
 
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -38,6 +39,16 @@ def _train(model: str, data: str, project: Path, name: str, epochs: int = 1) -> 
         val=False,
     )
     return str(project / name / "weights" / "last.pt")
+
+
+def tiny_trainer(data: str, teacher: str, project: Path, name: str, **overrides: Any) -> Any:
+    """A ``KDDetectionTrainer`` for a yolov8n student at the tests' image size: 1 epoch, batch 8, unless overridden."""
+    from yolo_kd import KDDetectionTrainer
+
+    args = dict(
+        model="yolov8n.yaml", data=data, teacher=teacher, epochs=1, imgsz=IMGSZ, batch=8, workers=0, plots=False
+    )
+    return KDDetectionTrainer(overrides={**args, "project": str(project), "name": name, **overrides})
 
 
 @pytest.fixture(scope="session")

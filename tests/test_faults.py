@@ -15,7 +15,7 @@ import torch
 
 from yolo_kd.cli import main
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, tiny_trainer
 
 
 def _rows(run: Path) -> list[dict[str, float]]:
@@ -88,21 +88,7 @@ def test_resume_with_another_teacher_file_is_refused(
     def stop(trainer: KDDetectionTrainer) -> None:
         raise Stop
 
-    trainer = KDDetectionTrainer(
-        overrides=dict(
-            model="yolov8n.yaml",
-            data=data_yaml,
-            teacher=teacher_pt,
-            epochs=2,
-            imgsz=IMGSZ,
-            batch=8,
-            workers=0,
-            plots=False,
-            project=str(tmp_path),
-            name="r",
-            val=False,
-        )
-    )
+    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "r", epochs=2, val=False)
     trainer.add_callback("on_model_save", stop)
     with pytest.raises(Stop):
         trainer.train()

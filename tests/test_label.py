@@ -10,7 +10,7 @@ import yaml
 
 from yolo_kd.cli import main
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, tiny_trainer
 
 
 @pytest.fixture()
@@ -107,23 +107,15 @@ def test_training_with_unlabeled_images_uses_teacher_pseudo_labels(
         seen["every"] = trainer.model.criterion.pseudo_every_sample
         seen["files"] = trainer.train_loader.dataset.im_files
 
-    trainer = KDDetectionTrainer(
-        overrides=dict(
-            model="yolov8n.yaml",
-            data=data_yaml,
-            teacher=teacher_pt,
-            unlabeled=str(raw_images),
-            unlabeled_ratio=0.5,
-            kd_pseudo_conf=0.001,
-            close_mosaic=0,  # keep mosaic on in this one epoch
-            epochs=1,
-            imgsz=IMGSZ,
-            batch=8,
-            workers=0,
-            plots=False,
-            project=str(tmp_path),
-            name="semi",
-        )
+    trainer = tiny_trainer(
+        data_yaml,
+        teacher_pt,
+        tmp_path,
+        "semi",
+        unlabeled=str(raw_images),
+        unlabeled_ratio=0.5,
+        kd_pseudo_conf=0.001,
+        close_mosaic=0,  # keep mosaic on in this one epoch
     )
     trainer.add_callback("on_train_epoch_end", on_train_epoch_end)
     trainer.train()

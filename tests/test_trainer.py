@@ -16,7 +16,7 @@ from yolo_kd import KDConfigError, KDDetectionTrainer
 from yolo_kd.cli import main
 from yolo_kd.trainer import read_kd_record
 
-from .conftest import IMGSZ
+from .conftest import IMGSZ, tiny_trainer
 
 KD_COLUMNS = ("train/kd_cls", "train/kd_box", "train/kd_feat")
 
@@ -102,21 +102,7 @@ def test_teacher_frozen_connectors_trained_hooks_gone(data_yaml: str, teacher_pt
             p.grad is not None for p in trainer.teacher.parameters()
         )
 
-    trainer = KDDetectionTrainer(
-        overrides=dict(
-            model="yolov8n.yaml",
-            data=data_yaml,
-            teacher=teacher_pt,
-            epochs=1,
-            imgsz=IMGSZ,
-            batch=8,
-            workers=0,
-            plots=False,
-            project=str(tmp_path),
-            name="frozen",
-            val=False,
-        )
-    )
+    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "frozen", val=False)
     trainer.add_callback("on_train_start", on_train_start)
 
     def on_train_end(trainer: KDDetectionTrainer) -> None:
@@ -149,22 +135,7 @@ def test_resume_continues_with_teacher_and_connectors(data_yaml: str, teacher_pt
     def crash_after_first_save(trainer: KDDetectionTrainer) -> None:
         raise Crash
 
-    trainer = KDDetectionTrainer(
-        overrides=dict(
-            model="yolov8n.yaml",
-            data=data_yaml,
-            teacher=teacher_pt,
-            epochs=2,
-            imgsz=IMGSZ,
-            batch=8,
-            workers=0,
-            plots=False,
-            project=str(tmp_path),
-            name="resume",
-            kd="feature",
-            kd_feat_loss="mgd",
-        )
-    )
+    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "resume", epochs=2, kd="feature", kd_feat_loss="mgd")
     trainer.add_callback("on_model_save", crash_after_first_save)
     with pytest.raises(Crash):
         trainer.train()
@@ -198,21 +169,7 @@ def test_resume_continues_with_teacher_and_connectors(data_yaml: str, teacher_pt
 
 def test_kd_final_decays_the_kd_gains_over_the_epochs(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
     seen: list[float] = []
-    trainer = KDDetectionTrainer(
-        overrides=dict(
-            model="yolov8n.yaml",
-            data=data_yaml,
-            teacher=teacher_pt,
-            kd_final=0.0,
-            epochs=3,
-            imgsz=IMGSZ,
-            batch=8,
-            workers=0,
-            plots=False,
-            project=str(tmp_path),
-            name="decay",
-        )
-    )
+    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "decay", kd_final=0.0, epochs=3)
     trainer.add_callback("on_train_batch_end", lambda t: seen.append(t.model.criterion.schedule))
     trainer.train()
     assert sorted(set(seen), reverse=True) == [1.0, 0.5, 0.0]  # one value per epoch: 1 -> kd_final, linear

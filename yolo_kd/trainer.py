@@ -17,6 +17,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from .classes import class_pairs, is_identity
 from .config import KDConfig, KDConfigError, load_kd_config
 from .criterion import KDLoss, KDModules, box_kd_reason, probe_head_channels
+from .dataset import image_files
 from .teacher import FrozenTeacher, file_sha256, load_teacher_model
 
 KD_RECORD = "kd"  # checkpoint key holding yolo-kd's plain-data record (config, teacher, connector state)
@@ -82,7 +83,6 @@ class KDDetectionTrainer(DetectionTrainer):
         self.teacher: FrozenTeacher | None = None
         self.class_pairs: list[tuple[int, int]] = []
         self.unlabeled_files: set[str] = set()
-        self.pseudo_every_sample = False  # set by build_dataset: unlabeled= with mosaic/mixup/cutmix on
         self.kd_modules: KDModules | None = None
         self._resume_state = (record or {}).get("state")
         super().__init__(cfg, overrides, _callbacks)
@@ -231,7 +231,9 @@ class KDDetectionTrainer(DetectionTrainer):
             self._class_pairs_or_none(),
             self.unlabeled_files,
         )
-        model.criterion.pseudo_every_sample = self.pseudo_every_sample
+        # A mixed sample may hide unlabelled tiles under a labelled lead image (see build_dataset); closing mosaic
+        # turns this off again (_close_dataloader_mosaic).
+        model.criterion.pseudo_every_sample = bool(self.kd_cfg.unlabeled and self._mixing())
 
     def build_dataset(self, img_path: Any, mode: str = "train", batch: int | None = None):
         """Ultralytics' dataset; with ``unlabeled=``, the training set mixes in the unlabelled images.
@@ -242,11 +244,10 @@ class KDDetectionTrainer(DetectionTrainer):
         """
         if mode == "train" and self.kd_cfg.unlabeled:
             img_path = str(self._mixed_image_list(img_path))
-            mixing = sorted(k for k in ("mosaic", "mixup", "cutmix") if getattr(self.args, k, 0))
+            mixing = self._mixing()
             # A mixed sample keeps only its lead image's file name, so an unlabelled tile under a labelled lead cannot
             # be told apart and would train as empty background. While mixing is on, every sample gets the teacher's
             # uncovered confident boxes; once Ultralytics closes mosaic, only unlabelled images do.
-            self.pseudo_every_sample = bool(mixing)
             if mixing and RANK in {-1, 0}:
                 LOGGER.info(
                     f"{colorstr('yolo-kd:')} unlabeled= with {mixing}: teacher pseudo-labels go on every training "
@@ -254,17 +255,18 @@ class KDDetectionTrainer(DetectionTrainer):
                 )
         return super().build_dataset(img_path, mode, batch)
 
+    def _mixing(self) -> list[str]:
+        """The sample-mixing augmentations switched on in this run's arguments."""
+        return sorted(k for k in ("mosaic", "mixup", "cutmix") if getattr(self.args, k, 0))
+
     def _close_dataloader_mosaic(self) -> None:
         """Ultralytics turns mixing off for the last epochs; from then on only unlabelled images get pseudo-labels."""
         super()._close_dataloader_mosaic()
-        self.pseudo_every_sample = False
         criterion = getattr(unwrap_model(self.model), "criterion", None)
         if isinstance(criterion, KDLoss):
             criterion.pseudo_every_sample = False
 
     def _mixed_image_list(self, img_path: Any) -> Path:
-        from .dataset import image_files
-
         labelled: list[str] = []
         for p in img_path if isinstance(img_path, list) else [img_path]:
             p = Path(p)
