@@ -39,6 +39,7 @@ from yolo_kd.dataset import make_dataset  # noqa: E402
 # "default" (all labels) for the share of the gap the unlabelled images recover.
 METHODS = ("baseline", "native", "default", "logit", "feature", "default_fp32", "base_lab", "kd_lab", "kd_lab_unl")
 NO_KD = ("baseline", "native", "base_lab")  # --set does not apply to these
+TEACHERLESS = ("baseline", "base_lab")
 
 
 def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namespace, project: Path) -> dict:
@@ -148,6 +149,16 @@ def setting(args: argparse.Namespace, teacher: str) -> str:
     return f"{args.student}|{teacher}|e{args.epochs}|{args.imgsz}|b{args.batch}|n{args.n_train}"
 
 
+def pool_key(result: dict) -> str:
+    """The setting a result is pooled under: runs without a teacher pool across teachers.
+
+    A baseline never sees the teacher, so its runs under one teacher stand for every other (same student, schedule,
+    data and seed); a new teacher then needs only its KD runs.
+    """
+    student, _teacher, rest = result["setting"].split("|", 2)
+    return f"{student}|-|{rest}" if result["method"] in TEACHERLESS else result["setting"]
+
+
 def table(results: list[dict], teacher_map: tuple[float, float]) -> str:
     """Markdown table with mean and spread (max - min) over seeds, and gain over the baseline."""
     rows = [
@@ -255,7 +266,7 @@ def main() -> None:
     latest = {}
     for line in results_file.read_text().splitlines():
         r = json.loads(line)
-        if r.get("setting") == setting(args, teacher):
+        if "setting" in r and pool_key(r) == pool_key({"method": r["method"], "setting": setting(args, teacher)}):
             latest[(r["method"], r["seed"])] = r
     md = table(list(latest.values()), teacher_map)
     print(md)

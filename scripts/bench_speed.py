@@ -10,7 +10,7 @@ teacher's weights and one forward's activations. The last line is machine-readab
 
 (a) student step: forward, detection loss, backward, optimizer step
 (b) teacher forward alone, the way yolo-kd runs it (fused, reduced precision where native, no grad)
-(c) yolo-kd step with the default preset: (a) + (b) + the KD terms
+(c) yolo-kd step with the default preset (or --kd): (a) + (b) + the KD terms
 (d) Ultralytics' native distill_model= step (DistillationModel, default dis)
 """
 
@@ -35,7 +35,7 @@ from ultralytics.cfg import get_cfg  # noqa: E402
 from ultralytics.nn.distill_model import DistillationModel  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
 
-from yolo_kd.config import KDConfig  # noqa: E402
+from yolo_kd.config import KDConfig, load_kd_config  # noqa: E402
 from yolo_kd.criterion import KDLoss, KDModules, probe_head_channels  # noqa: E402
 from yolo_kd.teacher import FrozenTeacher  # noqa: E402
 
@@ -127,6 +127,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--nc", type=int, default=80)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--kd", default="default", help="yolo-kd preset name or YAML for (c) (default: the default preset)")
     p.add_argument("--fp32-teacher", action="store_true", help="yolo-kd teacher in fp32 (kd_teacher_amp=False)")
     p.add_argument(
         "--memory",
@@ -143,7 +144,7 @@ def main() -> None:
     amp = device.type == "cuda"
     args = get_cfg(overrides={"imgsz": a.imgsz})
     batches = [make_batch(a.batch, a.imgsz, a.nc, device, s) for s in range(a.warmup + a.steps)]
-    cfg = KDConfig(kd_teacher_amp=not a.fp32_teacher)
+    cfg = load_kd_config(a.kd, kd_teacher_amp=not a.fp32_teacher)
 
     def stepper(model: torch.nn.Module, extra: list[torch.nn.Parameter] = ()):
         params = [q for q in model.parameters() if q.requires_grad] + list(extra)
@@ -198,7 +199,8 @@ def main() -> None:
             if i >= a.warmup:
                 times[mode].append(dt)
     ta, tb, tc, td = (statistics.median(times[m]) for m in "abcd")
-    print(f"device={device} teacher={a.teacher} student={a.student} imgsz={a.imgsz} batch={a.batch} steps={a.steps}")
+    print(f"device={device} teacher={a.teacher} student={a.student} imgsz={a.imgsz} batch={a.batch}", end=" ")
+    print(f"steps={a.steps} kd={a.kd}")
     print("| step | median ms |\n|---|---|")
     for name, t in zip(
         (

@@ -52,6 +52,10 @@ class KDConfig:
     1.0 keeps them constant, 0.0 hands the last epochs to the ground truth alone."""
     kd_weight_power: float = 1.0
     """Anchor weight = teacher confidence ** power (0 weighs every anchor alike)."""
+    kd_assign: float = 0.0
+    """Teacher-guided label assignment (LAD, Nguyen et al. 2022): share of the teacher's scores and boxes in what
+    Ultralytics' task-aligned assigner ranks to pick each object's positive anchors and their soft targets;
+    0 assigns from the student's own predictions (Ultralytics' behaviour), 1 from the teacher's alone."""
     kd_class_map: str | dict | None = None
     """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
     matched by name (case, spaces and underscores ignored). Student classes without a teacher class get no logit KD."""
@@ -87,6 +91,8 @@ class KDConfig:
         for name in ("kd_cls_temp", "kd_box_temp", "kd_feat_temp"):
             if getattr(self, name) <= 0:
                 raise KDConfigError(f"{name}={getattr(self, name)} must be > 0")
+        if not 0.0 <= self.kd_assign <= 1.0:
+            raise KDConfigError(f"kd_assign={self.kd_assign} must be in [0, 1]")
         if not 0.0 <= self.kd_final <= 1.0:
             raise KDConfigError(f"kd_final={self.kd_final} must be in [0, 1]")
         if not 0.0 <= self.kd_mgd_mask < 1.0:

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import KDConfig
+from .assign import TeacherGuidedAssigner, dense_loss, teacher_predictions
+from .config import KDConfig, KDConfigError
 from .hooks import DetectTap
 from .losses import FEATURE_LOSSES, DistributionKD, SigmoidLogitKD
 from .teacher import FrozenTeacher
@@ -103,6 +104,12 @@ class KDLoss:
         if class_pairs is not None:
             s_idx, t_idx = zip(*class_pairs)
             self.class_index = (torch.tensor(s_idx, device=teacher.device), torch.tensor(t_idx, device=teacher.device))
+        self.assigner = None
+        if cfg.kd_assign > 0:
+            dense = dense_loss(base)
+            if dense is None:
+                raise KDConfigError(f"kd_assign: {type(base).__name__} has no task-aligned assigner to guide")
+            self.assigner = dense.assigner = TeacherGuidedAssigner(dense.assigner, cfg.kd_assign)
 
     def pop_dropped_steps(self) -> int:
         """How many steps since the last call had their KD contribution dropped as non-finite (one host sync)."""
@@ -120,12 +127,6 @@ class KDLoss:
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         teacher = self.teacher(batch["img"])
-        if self.unlabeled_files and self.cfg.kd_pseudo:
-            batch = self.pseudo_label(batch, teacher["pred"])
-        loss, items = self.base(preds, batch)
-        student = self.base.parse_output(preds) if hasattr(self.base, "parse_output") else preds
-        if "scores" not in student:  # end-to-end heads: distil the dense one2many branch
-            student = student["one2many"]
         # A non-finite teacher output or KD term must not reach the student. Checking it on the host would stall every
         # step, so it is handled on the device: teacher outputs are made finite before use (finite inputs keep every
         # gradient finite), and the batch's KD contribution is multiplied by 0 when anything was non-finite.
@@ -136,6 +137,26 @@ class KDLoss:
         finite = torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in outputs])).all()
         for t in outputs:
             torch.nan_to_num_(t, 0.0, 0.0, 0.0)
+        if self.unlabeled_files and self.cfg.kd_pseudo:
+            batch = self.pseudo_label(batch, teacher["pred"])
+        student = self.base.parse_output(preds) if hasattr(self.base, "parse_output") else preds
+        if "scores" not in student:  # end-to-end heads: distil the dense one2many branch
+            student = student["one2many"]
+        if self.assigner is not None:
+            self.assigner.teacher = teacher_predictions(
+                teacher["scores"],
+                teacher["boxes"],
+                student["feats"],
+                self.teacher.stride,
+                self.teacher.reg_max,
+                student["scores"],
+                self.class_index,
+            )
+        try:
+            loss, items = self.base(preds, batch)
+        finally:
+            if self.assigner is not None:
+                self.assigner.teacher = None
         kd = self.terms(student, teacher)
         finite = finite & torch.isfinite(kd).all()
         kd = torch.where(finite, kd, torch.zeros_like(kd))
