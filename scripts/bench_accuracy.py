@@ -37,7 +37,18 @@ from yolo_kd.dataset import make_dataset  # noqa: E402
 # the labelled part; kd_lab_unl: default preset plus the rest of the images as unlabeled=, at the unlabeled_ratio that
 # shows each once per epoch (1 - label fraction), so an epoch is as long as the fully labelled run's. Compare with
 # "default" (all labels) for the share of the gap the unlabelled images recover.
-METHODS = ("baseline", "native", "default", "logit", "feature", "default_fp32", "base_lab", "kd_lab", "kd_lab_unl")
+METHODS = (
+    "baseline",
+    "native",
+    "default",
+    "full",
+    "logit",
+    "feature",
+    "default_fp32",
+    "base_lab",
+    "kd_lab",
+    "kd_lab_unl",
+)
 NO_KD = ("baseline", "native", "base_lab")  # --set does not apply to these
 TEACHERLESS = ("baseline", "base_lab")
 
@@ -48,6 +59,8 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
     name = method_name(method, args.set)
     if args.epochs != 20:  # other schedules get their own folder, so runs of one schedule never overwrite another's
         project = project / f"e{args.epochs}"
+    if args.teacher is not None:  # so do runs with another teacher: its run folder's name (or file stem)
+        project = project / f"with_{Path(teacher).parent.parent.name or Path(teacher).stem}"
     common = dict(
         data=data,
         epochs=args.epochs,
@@ -215,6 +228,9 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="yolo-kd keys for the KD methods (method log variants), e.g. --set kd_cls=2 kd_weight_power=0.5",
     )
+    p.add_argument(
+        "--table-only", action="store_true", help="train nothing: tabulate the runs already recorded for this setting"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--project", default=str(ROOT / "runs" / "bench"))
@@ -255,7 +271,7 @@ def main() -> None:
     teacher_map = (float(tm.box.map50), float(tm.box.map))
 
     results_file = project / "accuracy_results.jsonl"
-    for seed in args.seeds:
+    for seed in [] if args.table_only else args.seeds:
         for method in args.methods:
             r = train(method, data, teacher, seed, args, project)
             print(json.dumps(r), flush=True)

@@ -146,11 +146,13 @@ def main() -> None:
     batches = [make_batch(a.batch, a.imgsz, a.nc, device, s) for s in range(a.warmup + a.steps)]
     cfg = load_kd_config(a.kd, kd_teacher_amp=not a.fp32_teacher)
 
-    def stepper(model: torch.nn.Module, extra: list[torch.nn.Parameter] = ()):
+    def stepper(model: torch.nn.Module, extra: list[torch.nn.Parameter] = (), before: Callable | None = None):
         params = [q for q in model.parameters() if q.requires_grad] + list(extra)
         opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
 
         def step(batch: dict) -> None:
+            if before is not None:  # what the trainer runs after preprocessing: yolo-kd's teacher pass
+                before(batch["img"])
             with torch.autocast(device.type, enabled=amp):
                 loss, _ = model.loss(batch) if not isinstance(model, DistillationModel) else model(batch)
             loss.sum().backward()
@@ -178,7 +180,7 @@ def main() -> None:
             student = build(a.student, a.nc, args).to(device).train()
             modules = KDModules(probe_head_channels(student), probe_head_channels(teacher.model), cfg).to(device)
             student.criterion = KDLoss(student.init_criterion(), teacher, modules, cfg, student.model[-1].reg_max)
-            return stepper(student, list(modules.parameters()))
+            return stepper(student, list(modules.parameters()), before=student.criterion.prefetch)
         # (d) native distill_model=
         student = build(a.student, a.nc, args).to(device)
         native = DistillationModel(teacher_model=build(a.teacher, a.nc, args).to(device), student_model=student)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from ultralytics.utils.tal import TaskAlignedAssigner
 
-from yolo_kd.assign import TeacherGuidedAssigner, teacher_predictions
+from yolo_kd.assign import TeacherGuidedAssigner, dense_loss, teacher_predictions
 from yolo_kd.config import KDConfigError, load_kd_config
 
 from .conftest import tiny_trainer
@@ -60,6 +60,18 @@ def test_blend_assigns_from_teacher_student_or_between() -> None:
     guided.teacher = None  # between steps it is the plain assigner
     assert all(torch.equal(x, y) for x, y in zip(guided(s_scores, s_boxes, *args), ref_s))
     assert guided.topk == 3  # attributes of the wrapped assigner stay readable
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_the_dense_branch_is_the_one_guided(cfg: str) -> None:
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(cfg, nc=3, verbose=False)
+    model.args = get_cfg()
+    base = model.init_criterion()
+    dense = dense_loss(base)
+    assert dense is (base.one2many if hasattr(base, "one2many") else base)  # YOLO26: one2many, never one2one
 
 
 def test_kd_assign_range_is_checked() -> None:

@@ -47,6 +47,7 @@ def subset_dataset(data_yaml: str, keep: list[str], out: Path) -> str:
 
 
 def _train(tmp_path: Path, name: str, **overrides) -> tuple[KDDetectionTrainer, list[dict]]:
+    overrides.setdefault("kd", "full")  # every term, teacher-guided assignment included, across the pairs
     trainer = KDDetectionTrainer(
         overrides=dict(
             epochs=1, imgsz=IMGSZ, batch=8, workers=0, plots=False, project=str(tmp_path), name=name, **overrides

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 from ultralytics.cfg import DEFAULT_CFG_DICT
@@ -18,6 +20,10 @@ def test_presets_load_and_switch_terms() -> None:
     logit, feature = load_kd_config("logit"), load_kd_config("feature")
     assert logit.kd_cls > 0 and logit.kd_box == 0 and logit.kd_feat == 0
     assert feature.kd_cls == 0 and feature.kd_box == 0 and feature.kd_feat > 0
+    assert logit.kd_assign == 0 and feature.kd_assign == 0  # single-term ablations: no teacher-guided assignment
+    default, full = load_kd_config("default"), load_kd_config("full")
+    assert default.kd_feat == 0 and default.kd_assign == 1 and default.kd_cls > 0 and default.kd_box > 0
+    assert full == dataclasses.replace(default, kd_feat=1.0), "full = default + the feature term"
     assert load_kd_config(PRESET_DIR / "logit.yaml") == logit
 
 

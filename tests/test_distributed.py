@@ -65,7 +65,7 @@ def _grads(rank: int, world: int, teacher_pt: str, port: int, out: str) -> None:
     # Uniform anchor weights and BatchNorm in eval mode make every term a plain mean over images, so the joint
     # batch's gradient is exactly the mean of the two halves' - if, and only if, every gradient is synchronised.
     # MGD without its random mask: a deterministic feature term with gradients well above float noise.
-    cfg = KDConfig(kd_feat_loss="mgd", kd_mgd_mask=0.0, kd_teacher_amp=False, kd_weight_power=0.0)
+    cfg = KDConfig(kd_feat=1.0, kd_feat_loss="mgd", kd_mgd_mask=0.0, kd_teacher_amp=False, kd_weight_power=0.0)
     teacher = FrozenTeacher(load_checkpoint(teacher_pt)[0], torch.device("cpu"), amp=False)
     modules = KDModules(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
     student.train()

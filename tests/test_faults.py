@@ -44,6 +44,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_with_kd(
         "model=yolov8n.yaml",
         f"teacher={teacher_pt}",
         f"data={data_yaml}",
+        "kd=full",  # connectors too: their state must come back on resume
         "epochs=4",
         f"imgsz={IMGSZ}",
         "batch=2",
@@ -124,7 +125,7 @@ def test_non_finite_teacher_output_drops_kd_for_the_step(teacher_pt: str) -> Non
     torch.manual_seed(0)
     student = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
     student.args = get_cfg()
-    cfg = KDConfig(kd_teacher_amp=False)
+    cfg = KDConfig(kd_feat=1.0, kd_teacher_amp=False)  # every term and the teacher-guided assigner see the poison
     teacher = FrozenTeacher(load_checkpoint(teacher_pt)[0], torch.device("cpu"), amp=False)
     modules = KDModules(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
     student.train()

@@ -112,6 +112,7 @@ def test_training_with_unlabeled_images_uses_teacher_pseudo_labels(
         teacher_pt,
         tmp_path,
         "semi",
+        kd="full",
         unlabeled=str(raw_images),
         unlabeled_ratio=0.5,
         kd_pseudo_conf=0.001,
@@ -157,7 +158,7 @@ def test_pseudo_labels_fill_unlabelled_images_or_every_mixed_sample() -> None:
     from yolo_kd.criterion import KDLoss
 
     teacher = SimpleNamespace(nc=3, device=torch.device("cpu"), reg_max=16)
-    cfg = KDConfig(kd_pseudo_conf=0.5)
+    cfg = KDConfig(kd_pseudo_conf=0.5, kd_assign=0.0)  # no detection criterion here: nothing to assign
     # student classes: 0 <- teacher 2, 1 <- teacher 0; teacher class 1 has no student class
     loss = KDLoss(None, teacher, None, cfg, 16, class_pairs=[(0, 2), (1, 0)], unlabeled_files={"u.png"})
     batch = {

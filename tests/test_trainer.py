@@ -94,6 +94,7 @@ def test_teacher_frozen_connectors_trained_hooks_gone(data_yaml: str, teacher_pt
         # nothing of the teacher's pass outlives the step: the tap is empty and the criterion holds no activation
         criterion = trainer.model.criterion
         seen["kept"] = seen.get("kept", False) or trainer.teacher.tap.feats is not None
+        seen["kept"] |= criterion._prefetched is not None  # the pass run before the forward was consumed
         seen["kept"] |= any(
             isinstance(v, torch.Tensor) and v.requires_grad is False and v.dim() > 1 for v in vars(criterion).values()
         )
@@ -102,7 +103,7 @@ def test_teacher_frozen_connectors_trained_hooks_gone(data_yaml: str, teacher_pt
             p.grad is not None for p in trainer.teacher.parameters()
         )
 
-    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "frozen", val=False)
+    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "frozen", kd="full", val=False)
     trainer.add_callback("on_train_start", on_train_start)
 
     def on_train_end(trainer: KDDetectionTrainer) -> None:
@@ -169,10 +170,17 @@ def test_resume_continues_with_teacher_and_connectors(data_yaml: str, teacher_pt
 
 def test_kd_final_decays_the_kd_gains_over_the_epochs(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
     seen: list[float] = []
-    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "decay", kd_final=0.0, epochs=3)
-    trainer.add_callback("on_train_batch_end", lambda t: seen.append(t.model.criterion.schedule))
+    shares: list[float] = []
+
+    def on_train_batch_end(trainer) -> None:
+        seen.append(trainer.model.criterion.schedule)
+        shares.append(trainer.model.criterion.assigner.share)
+
+    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "decay", kd="full", kd_final=0.0, kd_assign=0.8, epochs=3)
+    trainer.add_callback("on_train_batch_end", on_train_batch_end)
     trainer.train()
     assert sorted(set(seen), reverse=True) == [1.0, 0.5, 0.0]  # one value per epoch: 1 -> kd_final, linear
+    assert sorted(set(shares), reverse=True) == pytest.approx([0.8, 0.4, 0.0])  # the teacher's say in assignment too
     rows = _rows(tmp_path / "decay")
     assert all(float(rows[0][c]) > 0 for c in KD_COLUMNS)
     assert all(float(rows[2][c]) == 0 for c in KD_COLUMNS) and float(rows[2]["train/cls_loss"]) > 0

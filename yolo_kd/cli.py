@@ -38,7 +38,7 @@ def parse_pairs(argv: list[str]) -> dict[str, Any]:
 def help_text() -> str:
     rows = [
         ("teacher", None, "Path of the trained teacher checkpoint (.pt). Required, except on resume."),
-        ("kd", "default", "KD preset name in configs/kd/ (default, logit, feature) or a YAML file of kd_* keys."),
+        ("kd", "default", "KD preset name in configs/kd/ (default, full, logit, feature) or a YAML file of kd_* keys."),
         *KDConfig.help_rows(),
     ]
     width = max(len(k) for k, _, _ in rows)

@@ -91,6 +91,7 @@ class KDLoss:
         self.unlabeled_files = unlabeled_files or set()
         self.pseudo_boxes = 0  # pseudo-labels given so far
         self.schedule = 1.0  # the epoch's share of the KD gains (kd_final), set by the trainer each epoch
+        self._prefetched: tuple[torch.Tensor, dict[str, Any]] | None = None  # (images, teacher outputs), see prefetch
         # True while mosaic/mixup/cutmix run: a mixed sample may hold unlabelled tiles under a labelled lead image
         self.pseudo_every_sample = False
         # teacher class -> student class for pseudo-labels (-1: the student has no such class)
@@ -109,7 +110,10 @@ class KDLoss:
             dense = dense_loss(base)
             if dense is None:
                 raise KDConfigError(f"kd_assign: {type(base).__name__} has no task-aligned assigner to guide")
-            self.assigner = dense.assigner = TeacherGuidedAssigner(dense.assigner, cfg.kd_assign)
+            inner = dense.assigner
+            if isinstance(inner, TeacherGuidedAssigner):  # a criterion reused by a second KDLoss: wrap only once
+                inner = inner.assigner
+            self.assigner = dense.assigner = TeacherGuidedAssigner(inner, cfg.kd_assign)
 
     def pop_dropped_steps(self) -> int:
         """How many steps since the last call had their KD contribution dropped as non-finite (one host sync)."""
@@ -125,8 +129,19 @@ class KDLoss:
         if hasattr(self.base, "update"):
             self.base.update()
 
+    def prefetch(self, images: torch.Tensor) -> None:
+        """Run the teacher on a batch before the student's forward pass; the next call on the same images uses it.
+
+        The trainer calls this right after preprocessing. Inside the loss, the teacher pass would run between the
+        student's forward and backward passes and push the student's saved activations out of the CPU caches; before
+        the forward, only the teacher's small head outputs wait (measured in docs/BENCHMARKS.md). Either way the
+        teacher runs exactly once per step, and the outputs are dropped by the call that consumes them.
+        """
+        self._prefetched = (images, self.teacher(images))
+
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        teacher = self.teacher(batch["img"])
+        pre, self._prefetched = self._prefetched, None
+        teacher = pre[1] if pre is not None and pre[0] is batch["img"] else self.teacher(batch["img"])
         # A non-finite teacher output or KD term must not reach the student. Checking it on the host would stall every
         # step, so it is handled on the device: teacher outputs are made finite before use (finite inputs keep every
         # gradient finite), and the batch's KD contribution is multiplied by 0 when anything was non-finite.
@@ -143,6 +158,7 @@ class KDLoss:
         if "scores" not in student:  # end-to-end heads: distil the dense one2many branch
             student = student["one2many"]
         if self.assigner is not None:
+            self.assigner.share = self.cfg.kd_assign * self.schedule  # kd_final fades the teacher's say here too
             self.assigner.teacher = teacher_predictions(
                 teacher["scores"],
                 teacher["boxes"],

@@ -187,8 +187,9 @@ def write_report(project: Path, results: dict, cfg: dict, teacher: str, exported
                     "train/kd_box",
                     "train/kd_feat",
                 ):
-                    if term in r:
-                        axes[2].plot(r["epoch"], r[term], label=term.split("/")[1])
+                    if term in r:  # a term switched off by the preset stays in the legend, marked so
+                        label = term.split("/")[1] + ("" if any(r[term]) else " (off)")
+                        axes[2].plot(r["epoch"], r[term], label=label)
     axes[1].set_title("student mAP50-95 per epoch")
     axes[1].legend()
     axes[2].set_title("distilled student: loss terms per epoch")

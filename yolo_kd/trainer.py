@@ -235,6 +235,14 @@ class KDDetectionTrainer(DetectionTrainer):
         # turns this off again (_close_dataloader_mosaic).
         model.criterion.pseudo_every_sample = bool(self.kd_cfg.unlabeled and self._mixing())
 
+    def preprocess_batch(self, batch: dict) -> dict:
+        """Ultralytics' preprocessing, then the teacher's pass on the final images (see ``KDLoss.prefetch``)."""
+        batch = super().preprocess_batch(batch)
+        criterion = getattr(unwrap_model(self.model), "criterion", None)
+        if isinstance(criterion, KDLoss):
+            criterion.prefetch(batch["img"])
+        return batch
+
     def build_dataset(self, img_path: Any, mode: str = "train", batch: int | None = None):
         """Ultralytics' dataset; with ``unlabeled=``, the training set mixes in the unlabelled images.
 
