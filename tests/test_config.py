@@ -8,7 +8,7 @@ import pytest
 import yaml
 from ultralytics.cfg import DEFAULT_CFG_DICT
 
-from yolo_kd.config import PRESET_DIR, KDConfig, KDConfigError, load_kd_config
+from yolo_kd.config import PRESET_DIR, KDConfig, KDConfigError, load_kd_config, load_recorded_config
 from yolo_kd.trainer import kd_keys
 
 
@@ -71,3 +71,9 @@ def test_help_rows_document_every_key() -> None:
     rows = KDConfig.help_rows()
     assert [r[0] for r in rows] == list(KDConfig.field_names())
     assert all(doc for _, _, doc in rows)
+
+
+def test_checkpoints_that_predate_a_key_resume_as_they_were_trained() -> None:
+    v1 = {k: v for k, v in load_kd_config("full").to_dict().items() if k != "kd_assign"}  # written before kd_assign
+    assert load_recorded_config(v1).kd_assign == 0.0 and load_recorded_config(v1).kd_feat == 1.0
+    assert load_recorded_config({**v1, "kd_assign": 0.5}).kd_assign == 0.5  # a recorded value always wins

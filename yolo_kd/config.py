@@ -200,3 +200,13 @@ def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDC
         return KDConfig(**values)
     except TypeError as e:  # wrong field types that dataclass construction itself rejects
         raise KDConfigError(str(e)) from e
+
+
+# Keys added after checkpoints were first written, each with the value that reproduces a run recorded before it existed
+# (teacher-guided assignment did not exist, so such a run assigned from the student alone).
+RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0}
+
+
+def load_recorded_config(config: dict[str, Any]) -> KDConfig:
+    """The KD settings stored in a checkpoint; a key the checkpoint predates keeps the behaviour it was trained with."""
+    return load_kd_config({**RECORDED_BEFORE, **config})

@@ -15,7 +15,7 @@ from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, YAML, color
 from ultralytics.utils.torch_utils import unwrap_model
 
 from .classes import class_pairs, is_identity
-from .config import KDConfig, KDConfigError, load_kd_config
+from .config import KDConfig, KDConfigError, load_kd_config, load_recorded_config
 from .criterion import KDLoss, KDModules, box_kd_reason, probe_head_channels
 from .dataset import image_files
 from .teacher import FrozenTeacher, file_sha256, load_teacher_model
@@ -62,7 +62,7 @@ class KDDetectionTrainer(DetectionTrainer):
         if record is not None and ignored:
             LOGGER.warning(f"{colorstr('yolo-kd:')} resume ignores {ignored}: KD settings come from the checkpoint")
         if record is not None:  # resume: the KD settings and teacher come from the checkpoint
-            self.kd_cfg = load_kd_config(record["config"])
+            self.kd_cfg = load_recorded_config(record["config"])
             teacher = kd_args.get("teacher") or record["teacher"]
             self.teacher_sha256 = file_sha256(teacher) if Path(teacher).is_file() else None
             recorded = record.get("teacher_sha256")
