@@ -280,6 +280,8 @@ def main() -> None:
 
     # every run of this setting so far, this invocation's and earlier ones' (latest run per method and seed)
     latest = {}
+    if not results_file.is_file():
+        raise SystemExit(f"{results_file}: no runs recorded yet")
     for line in results_file.read_text().splitlines():
         r = json.loads(line)
         if "setting" in r and pool_key(r) == pool_key({"method": r["method"], "setting": setting(args, teacher)}):

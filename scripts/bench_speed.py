@@ -165,7 +165,8 @@ def main() -> None:
 
     def yolo_kd_teacher() -> FrozenTeacher:  # built once, shared by (b) and (c) as in a real run
         if "t" not in teachers:
-            teachers["t"] = FrozenTeacher(build(a.teacher, a.nc, args), device, amp=cfg.kd_teacher_amp)
+            teacher = build(a.teacher, a.nc, args)
+            teachers["t"] = FrozenTeacher(teacher, device, amp=cfg.kd_teacher_amp, feats=cfg.kd_feat > 0)
         return teachers["t"]
 
     def make(mode: str) -> Callable[[dict], Any]:

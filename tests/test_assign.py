@@ -29,6 +29,28 @@ def test_teacher_boxes_decoded_by_hand() -> None:
     assert prob.shape == (1, 2, 1) and torch.allclose(prob[0, :, 0], torch.tensor([0.0, 2.0]).sigmoid())
 
 
+def test_decoding_matches_what_ultralytics_gives_its_assigner() -> None:
+    # the student's own head outputs as the "teacher": the decode must equal v8DetectionLoss's own, so a change of
+    # layout or units in Ultralytics shows up here
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.tal import make_anchors
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    model.args = get_cfg()
+    base = model.init_criterion()
+    with torch.no_grad():
+        preds = base.parse_output(model.train()(torch.rand(2, 3, 64, 64)))
+    anchors, strides = make_anchors(preds["feats"], base.stride, 0.5)
+    want_boxes = base.bbox_decode(anchors, preds["boxes"].permute(0, 2, 1).contiguous()) * strides
+    want_scores = preds["scores"].permute(0, 2, 1).sigmoid()
+    scores, boxes = teacher_predictions(
+        preds["scores"], preds["boxes"], preds["feats"], base.stride, base.reg_max, preds["scores"], None
+    )
+    assert torch.allclose(boxes, want_boxes, atol=1e-4) and torch.allclose(scores, want_scores)
+
+
 def test_classes_the_teacher_lacks_keep_the_students_score() -> None:
     feats, stride = [torch.zeros(1, 1, 1, 1)], torch.tensor([8.0])
     student = torch.tensor([[[1.0], [-1.0], [3.0]]])  # 3 student classes

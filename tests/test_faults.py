@@ -153,8 +153,10 @@ def test_non_finite_teacher_output_drops_kd_for_the_step(teacher_pt: str) -> Non
     grads = [p.grad for p in [*student.parameters(), *modules.parameters()] if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert criterion.pop_dropped_steps() == 1 and criterion.pop_dropped_steps() == 0
+    assert float(criterion.assigner.share) == 0.0, "a non-finite teacher must not steer the label assignment"
 
     teacher.forward = real_forward  # a clean step counts nothing and trains the KD terms again
     student.zero_grad()
     _, items = student.loss(batch)
     assert float(items["kd_cls"]) > 0 and criterion.pop_dropped_steps() == 0
+    assert float(criterion.assigner.share) == 1.0

@@ -24,6 +24,9 @@ def test_frozen_teacher_outputs_and_state(cfg: str) -> None:
     assert not out["scores"].requires_grad, "teacher outputs must carry no graph"
     head = teacher.model.model[-1]
     assert head.cv2 is not None, "end-to-end teacher lost its dense one2many branch"
+    teacher.feats = False  # no feature term: no neck maps returned, the same head outputs
+    lean = teacher(x)
+    assert lean["feats"] == [] and torch.equal(lean["scores"], out["scores"])
 
 
 def test_bf16_teacher_close_to_fp32() -> None:

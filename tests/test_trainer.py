@@ -174,7 +174,7 @@ def test_kd_final_decays_the_kd_gains_over_the_epochs(data_yaml: str, teacher_pt
 
     def on_train_batch_end(trainer) -> None:
         seen.append(trainer.model.criterion.schedule)
-        shares.append(trainer.model.criterion.assigner.share)
+        shares.append(float(trainer.model.criterion.assigner.share))
 
     trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "decay", kd="full", kd_final=0.0, kd_assign=0.8, epochs=3)
     trainer.add_callback("on_train_batch_end", on_train_batch_end)

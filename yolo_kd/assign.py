@@ -23,10 +23,10 @@ class TeacherGuidedAssigner:
 
     Args:
         assigner: The wrapped ``TaskAlignedAssigner``; every attribute not defined here is read from it.
-        share: Weight of the teacher's predictions in (0, 1].
+        share: Weight of the teacher's predictions in [0, 1], a float or a 0-d tensor (set per step by ``KDLoss``).
     """
 
-    def __init__(self, assigner: Any, share: float) -> None:
+    def __init__(self, assigner: Any, share: float | torch.Tensor) -> None:
         self.assigner = assigner
         self.share = share
         self.teacher: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -41,8 +41,9 @@ class TeacherGuidedAssigner:
     ) -> tuple[torch.Tensor, ...]:
         if self.teacher is not None:
             t_scores, t_boxes = self.teacher
-            pd_scores = torch.lerp(pd_scores, t_scores.to(pd_scores.dtype), self.share)
-            pd_bboxes = torch.lerp(pd_bboxes, t_boxes.to(pd_bboxes.dtype), self.share)
+            share = torch.as_tensor(self.share, device=pd_scores.device)
+            pd_scores = torch.lerp(pd_scores, t_scores.to(pd_scores.dtype), share.to(pd_scores.dtype))
+            pd_bboxes = torch.lerp(pd_bboxes, t_boxes.to(pd_bboxes.dtype), share.to(pd_bboxes.dtype))
         return self.assigner(pd_scores, pd_bboxes, *args, **kwargs)
 
 

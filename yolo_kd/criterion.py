@@ -114,6 +114,7 @@ class KDLoss:
             if isinstance(inner, TeacherGuidedAssigner):  # a criterion reused by a second KDLoss: wrap only once
                 inner = inner.assigner
             self.assigner = dense.assigner = TeacherGuidedAssigner(inner, cfg.kd_assign)
+            self.stride = dense.stride  # the student's anchor grid, as the criterion builds it
 
     def pop_dropped_steps(self) -> int:
         """How many steps since the last call had their KD contribution dropped as non-finite (one host sync)."""
@@ -134,9 +135,11 @@ class KDLoss:
 
         The trainer calls this right after preprocessing. Inside the loss, the teacher pass would run between the
         student's forward and backward passes and push the student's saved activations out of the CPU caches; before
-        the forward, only the teacher's small head outputs wait (measured in docs/BENCHMARKS.md). Either way the
-        teacher runs exactly once per step, and the outputs are dropped by the call that consumes them.
+        the forward, only the teacher's outputs wait (its head outputs, plus the neck maps when the feature term is
+        on), and its activations are already freed (measured in docs/BENCHMARKS.md). Either way the teacher runs
+        exactly once per step, and the outputs are dropped by the call that consumes them.
         """
+        self._prefetched = None  # an unconsumed pass (a failed step) must not stay alive beside the new one
         self._prefetched = (images, self.teacher(images))
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -158,12 +161,13 @@ class KDLoss:
         if "scores" not in student:  # end-to-end heads: distil the dense one2many branch
             student = student["one2many"]
         if self.assigner is not None:
-            self.assigner.share = self.cfg.kd_assign * self.schedule  # kd_final fades the teacher's say here too
+            # kd_final fades the teacher's say here too; a non-finite teacher has none (the repaired outputs are zeros)
+            self.assigner.share = finite.to(torch.float32) * (self.cfg.kd_assign * self.schedule)
             self.assigner.teacher = teacher_predictions(
                 teacher["scores"],
                 teacher["boxes"],
                 student["feats"],
-                self.teacher.stride,
+                self.stride,
                 self.teacher.reg_max,
                 student["scores"],
                 self.class_index,

@@ -64,9 +64,10 @@ class FrozenTeacher(nn.Module):
         model: An Ultralytics detection model (fused here).
         device: Where it runs.
         amp: Use reduced precision where native (see ``reduced_precision``); False keeps fp32.
+        feats: Return the neck maps entering the head (the feature term's input); False skips their fp32 copies.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, amp: bool = True) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, amp: bool = True, feats: bool = True) -> None:
         super().__init__()
         head = find_detect_head(model)
         if getattr(head, "one2one_cv2", None) is not None:
@@ -85,6 +86,7 @@ class FrozenTeacher(nn.Module):
         self.model = model.eval()
         self.device = device
         self.tap = DetectTap(self.model)
+        self.feats = feats
         self.reg_max = find_detect_head(self.model).reg_max
         self.nc = find_detect_head(self.model).nc
         self.stride = self.model.stride
@@ -106,9 +108,9 @@ class FrozenTeacher(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         # The trainer calls the criterion inside its own autocast (CUDA AMP); the teacher's precision is its own.
         outer = torch.autocast(images.device.type, enabled=False)
-        with self.tap, outer, ctx:
+        with self.tap if self.feats else nullcontext(), outer, ctx:
             out = self.model(images)
-            feats = self.tap.pop()
+            feats = self.tap.pop() if self.feats else []
         raw = out[1] if isinstance(out, tuple) else out
         if "scores" not in raw:  # end-to-end heads: the dense one2many branch, unless fusion removed it
             raw = raw.get("one2many") or raw["one2one"]

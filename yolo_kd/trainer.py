@@ -174,7 +174,9 @@ class KDDetectionTrainer(DetectionTrainer):
                 LOGGER.info(f"{colorstr('yolo-kd:')} class map (student<-teacher): {shown}")
                 if missing:
                     LOGGER.warning(f"{colorstr('yolo-kd:')} no teacher class for {missing}: no logit KD for them")
-            self.teacher = FrozenTeacher(self._teacher_model, self.device, amp=self.kd_cfg.kd_teacher_amp)
+            self.teacher = FrozenTeacher(
+                self._teacher_model, self.device, amp=self.kd_cfg.kd_teacher_amp, feats=self.kd_cfg.kd_feat > 0
+            )
             self._teacher_model = None  # the fused copy inside FrozenTeacher is the only one kept
             s_ch = probe_head_channels(student)
             t_ch = probe_head_channels(self.teacher.model)
@@ -193,7 +195,8 @@ class KDDetectionTrainer(DetectionTrainer):
         LOGGER.info(f"{prefix} teacher {self.teacher_path} ({self.teacher.dtype or torch.float32} on {self.device})")
         LOGGER.info(
             f"{prefix} kd_cls={cfg.kd_cls} (T={cfg.kd_cls_temp}), kd_box={cfg.kd_box} (T={cfg.kd_box_temp}), "
-            f"kd_feat={cfg.kd_feat} ({cfg.kd_feat_loss}, student {s_ch} -> teacher {t_ch} channels)"
+            f"kd_feat={cfg.kd_feat} ({cfg.kd_feat_loss}, student {s_ch} -> teacher {t_ch} channels), "
+            f"kd_assign={cfg.kd_assign} (teacher's share in label assignment)"
         )
         if reason is not None and cfg.kd_box > 0:
             LOGGER.warning(f"{prefix} box-distribution KD is off: {reason}")
