@@ -282,9 +282,10 @@ def main() -> None:
     latest = {}
     if not results_file.is_file():
         raise SystemExit(f"{results_file}: no runs recorded yet")
+    here = setting(args, teacher)
     for line in results_file.read_text().splitlines():
         r = json.loads(line)
-        if "setting" in r and pool_key(r) == pool_key({"method": r["method"], "setting": setting(args, teacher)}):
+        if "setting" in r and pool_key(r) == pool_key({"method": r["method"], "setting": here}):
             latest[(r["method"], r["seed"])] = r
     md = table(list(latest.values()), teacher_map)
     print(md)

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
 
 from yolo_kd.config import KDConfig, load_kd_config  # noqa: E402
 from yolo_kd.criterion import KDLoss, KDModules, probe_head_channels  # noqa: E402
+from yolo_kd.export import wall_seconds  # noqa: E402
 from yolo_kd.teacher import FrozenTeacher  # noqa: E402
 
 
@@ -107,14 +109,8 @@ def timed(fn, batches: list[dict], warmup: int, device: torch.device) -> tuple[f
 
 
 def seconds(fn, batch: dict, device: torch.device) -> float:
-    """Wall time of one call, with the GPU's queued work finished on both sides."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+    """Wall time of one step on ``batch`` (GPU work finished on both sides)."""
+    return wall_seconds(partial(fn, batch), device)
 
 
 def main() -> None:

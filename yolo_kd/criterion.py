@@ -110,10 +110,7 @@ class KDLoss:
             dense = dense_loss(base)
             if dense is None:
                 raise KDConfigError(f"kd_assign: {type(base).__name__} has no task-aligned assigner to guide")
-            inner = dense.assigner
-            if isinstance(inner, TeacherGuidedAssigner):  # a criterion reused by a second KDLoss: wrap only once
-                inner = inner.assigner
-            self.assigner = dense.assigner = TeacherGuidedAssigner(inner, cfg.kd_assign)
+            self.assigner = dense.assigner = TeacherGuidedAssigner(dense.assigner, cfg.kd_assign)
             self.stride = dense.stride  # the student's anchor grid, as the criterion builds it
 
     def pop_dropped_steps(self) -> int:

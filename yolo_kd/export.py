@@ -12,6 +12,8 @@ import json
 import shutil
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +119,19 @@ def _raw_outputs_and_latency(
         for _ in range(runs):
             for im in images:
                 x = im.to(device).half() if fp16 else im.to(device)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                backend(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append((time.perf_counter() - t) * 1000)
+                times.append(wall_seconds(partial(backend, x), device) * 1000)
     return outputs, statistics.median(times)
+
+
+def wall_seconds(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time of one call of ``fn``, with the GPU's queued work finished on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 def export_and_verify(

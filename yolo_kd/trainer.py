@@ -241,8 +241,8 @@ class KDDetectionTrainer(DetectionTrainer):
     def preprocess_batch(self, batch: dict) -> dict:
         """Ultralytics' preprocessing, then the teacher's pass on the final images (see ``KDLoss.prefetch``)."""
         batch = super().preprocess_batch(batch)
-        criterion = getattr(unwrap_model(self.model), "criterion", None)
-        if isinstance(criterion, KDLoss):
+        criterion = self._kd_loss()
+        if criterion is not None:
             criterion.prefetch(batch["img"])
         return batch
 
@@ -266,6 +266,11 @@ class KDDetectionTrainer(DetectionTrainer):
                 )
         return super().build_dataset(img_path, mode, batch)
 
+    def _kd_loss(self) -> KDLoss | None:
+        """The live student's KD criterion, once ``_setup_train`` has built it (None before and after training)."""
+        criterion = getattr(unwrap_model(self.model), "criterion", None)
+        return criterion if isinstance(criterion, KDLoss) else None
+
     def _mixing(self) -> list[str]:
         """The sample-mixing augmentations switched on in this run's arguments."""
         return sorted(k for k in ("mosaic", "mixup", "cutmix") if getattr(self.args, k, 0))
@@ -273,8 +278,8 @@ class KDDetectionTrainer(DetectionTrainer):
     def _close_dataloader_mosaic(self) -> None:
         """Ultralytics turns mixing off for the last epochs; from then on only unlabelled images get pseudo-labels."""
         super()._close_dataloader_mosaic()
-        criterion = getattr(unwrap_model(self.model), "criterion", None)
-        if isinstance(criterion, KDLoss):
+        criterion = self._kd_loss()
+        if criterion is not None:
             criterion.pseudo_every_sample = False
 
     def _mixed_image_list(self, img_path: Any) -> Path:
@@ -330,14 +335,14 @@ class KDDetectionTrainer(DetectionTrainer):
 
     def _schedule_kd(self) -> None:
         """This epoch's share of the KD gains: 1 at the first epoch, ``kd_final`` at the last, linear in between."""
-        criterion = getattr(unwrap_model(self.model), "criterion", None)
-        if isinstance(criterion, KDLoss):
+        criterion = self._kd_loss()
+        if criterion is not None:
             progress = self.epoch / max(self.epochs - 1, 1)
             criterion.schedule = 1.0 + (self.kd_cfg.kd_final - 1.0) * progress
 
     def _report_dropped_kd(self) -> None:
-        criterion = getattr(unwrap_model(self.model), "criterion", None)
-        if isinstance(criterion, KDLoss):
+        criterion = self._kd_loss()
+        if criterion is not None:
             dropped = criterion.pop_dropped_steps()
             if dropped and RANK in {-1, 0}:
                 LOGGER.warning(
