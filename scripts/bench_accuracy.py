@@ -37,10 +37,15 @@ from yolo_kd.dataset import make_dataset  # noqa: E402
 # the labelled part; kd_lab_unl: default preset plus the rest of the images as unlabeled=, at the unlabeled_ratio that
 # shows each once per epoch (1 - label fraction), so an epoch is as long as the fully labelled run's. Compare with
 # "default" (all labels) for the share of the gap the unlabelled images recover.
+# "*_init": the same, but the student starts from the teacher's selected weights (kd_init=teacher's mechanism) instead
+# of a random init: baseline_init separates the init's share of the default's gain from the KD terms', native_init
+# gives Ultralytics' feature the same start.
 METHODS = (
     "baseline",
     "native",
     "default",
+    "baseline_init",
+    "native_init",
     "full",
     "logit",
     "feature",
@@ -49,7 +54,7 @@ METHODS = (
     "kd_lab",
     "kd_lab_unl",
 )
-NO_KD = ("baseline", "native", "base_lab")  # --set does not apply to these
+NO_KD = ("baseline", "native", "base_lab", "baseline_init", "native_init")  # --set does not apply to these
 TEACHERLESS = ("baseline", "base_lab")
 
 
@@ -95,6 +100,9 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         model.train(**common)
     elif method == "native":
         model.train(distill_model=teacher, **common)
+    elif method in ("baseline_init", "native_init"):
+        model = YOLO(teacher_selected_student(args.student, teacher, data, project / f"{name}_s{seed}"))
+        model.train(**common, **({"distill_model": teacher} if method == "native_init" else {}))
     elif method == "default_fp32":
         model.train(
             trainer=KDDetectionTrainer, teacher=teacher, kd="default", **{**kd_set, "kd_teacher_amp": False}, **common
@@ -110,6 +118,29 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         "minutes": (time.time() - t0) / 60,
         "setting": setting(args, teacher),
     }
+
+
+def teacher_selected_student(student: str, teacher: str, data: str, folder: Path) -> str:
+    """A checkpoint of ``student`` initialised as ``kd_init=teacher`` does, for trainers that take no ``kd_init``."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    from yolo_kd.classes import class_pairs
+    from yolo_kd.inherit import inherit_weights
+
+    names = yaml.safe_load(Path(data).read_text())["names"]
+    names = list(names.values()) if isinstance(names, dict) else list(names)
+    t, _ = load_checkpoint(teacher)
+    model = DetectionModel(student, nc=len(names), verbose=False)
+    t_names = list(t.names.values()) if isinstance(t.names, dict) else list(t.names)
+    reason = inherit_weights(model, t, class_pairs(names, t_names))
+    if reason is not None:
+        raise SystemExit(f"cannot start {student} from {teacher}: {reason}")
+    model.names = dict(enumerate(names))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "teacher_selected_init.pt"
+    torch.save({"model": model}, path)
+    return str(path)
 
 
 def parse_sets(sets: list[str]) -> dict:

@@ -29,6 +29,7 @@ def test_demo_writes_report_plot_and_export(tmp_path: Path) -> None:
     report = (project / "report.md").read_text()
     for row in ("| teacher |", "| baseline |", "| distilled |"):
         assert row in report
+    assert "distilled student started from the teacher's weights" in report  # yolov8s -> yolov8n: same layers
     assert (project / "report.png").stat().st_size > 10_000
     assert (project / "distilled" / "weights" / "best.onnx").stat().st_size > 1_000_000
     # second run reuses the cached teacher instead of training it again

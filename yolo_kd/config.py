@@ -16,6 +16,7 @@ import yaml
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "kd"
 FEATURE_LOSS_NAMES = ("cwd", "mgd")  # kept in step with yolo_kd.losses.FEATURE_LOSSES (a test checks)
+INIT_NAMES = ("teacher", "none")
 
 
 class KDConfigError(ValueError):
@@ -58,6 +59,11 @@ class KDConfig:
     """Teacher-guided label assignment (LAD, Nguyen et al. 2022): share of the teacher's scores and boxes in what
     Ultralytics' task-aligned assigner ranks to pick each object's positive anchors and their soft targets;
     0 assigns from the student's own predictions (Ultralytics' behaviour), 1 from the teacher's alone."""
+    kd_init: str = "teacher"
+    """How a student built from a YAML (no weights) starts: 'teacher' selects evenly spaced channels of the teacher's
+    weights when both have the same layers (weight selection, Xu et al. 2024; e.g. v8s -> v8n, v8x -> v8l), else it
+    keeps its random init with a warning; 'none' always keeps the random init. Pretrained or resumed students keep
+    their weights either way."""
     kd_class_map: str | dict | None = None
     """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
     matched by name (case, spaces and underscores ignored). Student classes without a teacher class get no logit KD."""
@@ -124,6 +130,8 @@ class KDConfig:
             if not image_files(folder):
                 raise KDConfigError(f"unlabeled={self.unlabeled}: no images in it")
             self.unlabeled = str(folder.resolve())
+        if self.kd_init not in INIT_NAMES:
+            raise KDConfigError(f"kd_init={self.kd_init!r} is unknown; choose one of {INIT_NAMES}")
         if self.kd_feat_loss not in FEATURE_LOSS_NAMES:
             raise KDConfigError(f"kd_feat_loss={self.kd_feat_loss!r} is unknown; choose one of {FEATURE_LOSS_NAMES}")
 
@@ -203,8 +211,8 @@ def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDC
 
 
 # Keys added after checkpoints were first written, each with the value that reproduces a run recorded before it existed
-# (teacher-guided assignment did not exist, so such a run assigned from the student alone).
-RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0}
+# (teacher-guided assignment did not exist, so such a run assigned from the student alone; nor did the teacher init).
+RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0, "kd_init": "none"}
 
 
 def load_recorded_config(config: dict[str, Any]) -> KDConfig:

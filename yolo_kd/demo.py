@@ -107,6 +107,8 @@ def run_demo(**overrides: Any) -> Path:
         **common,
     )
 
+    cfg = {**cfg, "student_init": distilled.trainer.student_init}
+
     _stage(5, n, "validation of teacher, baseline and distilled student")
     results = {
         "teacher": _metrics(YOLO(teacher), data, imgsz, batch, device, project, "val_teacher"),
@@ -151,7 +153,9 @@ def write_report(project: Path, results: dict, cfg: dict, teacher: str, exported
         "",
         f"Data: generated kdshapes ({cfg['n_train']} train / {cfg['n_val']} val images, {cfg['imgsz']} px, "
         "10 classes). "
-        f"Student {cfg['student']}, {cfg['epochs']} epochs, seed {cfg['seed']}; teacher `{teacher}`; kd={cfg['kd']}.",
+        f"Student {cfg['student']}, {cfg['epochs']} epochs, seed {cfg['seed']}; teacher `{teacher}`; kd={cfg['kd']}. "
+        f"The distilled student started from {cfg.get('student_init', 'a random init')}, "
+        "the baseline from a random init.",
         "",
         "| model | mAP50 | mAP50-95 |",
         "|---|---|---|",

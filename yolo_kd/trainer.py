@@ -18,6 +18,7 @@ from .classes import class_pairs, is_identity
 from .config import KDConfig, KDConfigError, load_kd_config, load_recorded_config
 from .criterion import KDLoss, KDModules, box_kd_reason, probe_head_channels
 from .dataset import image_files
+from .inherit import inherit_weights
 from .teacher import FrozenTeacher, file_sha256, load_teacher_model
 
 KD_RECORD = "kd"  # checkpoint key holding yolo-kd's plain-data record (config, teacher, connector state)
@@ -81,6 +82,7 @@ class KDDetectionTrainer(DetectionTrainer):
             self.teacher_sha256 = file_sha256(teacher)
             self._check_pair(overrides)
         self.teacher: FrozenTeacher | None = None
+        self.student_init = "not built yet"  # where get_model started the student (for reports)
         self.class_pairs: list[tuple[int, int]] = []
         self.unlabeled_files: set[str] = set()
         self.kd_modules: KDModules | None = None
@@ -160,6 +162,24 @@ class KDDetectionTrainer(DetectionTrainer):
         return class_pairs(student_names, teacher_names, self.kd_cfg.kd_class_map)
 
     # --- model, optimizer and criterion -------------------------------------------------------------------------
+
+    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True):
+        """Ultralytics' student; one built without weights starts from the teacher's (``kd_init``, see inherit.py)."""
+        model = super().get_model(cfg, weights, verbose)
+        if weights is not None:
+            self.student_init = "its own weights"
+        elif self.kd_cfg.kd_init == "none" or self._teacher_model is None:
+            self.student_init = "a random init"
+        else:
+            pairs = self._check_classes(_names(self._teacher_model.names), _names(self.data["names"]))
+            reason = inherit_weights(model, self._teacher_model, pairs)
+            self.student_init = "the teacher's weights" if reason is None else "a random init"
+            if RANK in {-1, 0}:
+                if reason is None:
+                    LOGGER.info(f"{colorstr('yolo-kd:')} kd_init=teacher: student starts from the teacher's weights")
+                else:
+                    LOGGER.warning(f"{colorstr('yolo-kd:')} kd_init=teacher not applied, random init: {reason}")
+        return model
 
     def setup_model(self):
         """Build the student as Ultralytics does, then the frozen teacher and the KD connectors beside it."""
