@@ -6,14 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.nn.modules.block import Attention
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint, yaml_model_load
 
 from tests.conftest import tiny_trainer
+from yolo_kd.cli import parse_pairs
 from yolo_kd.config import KDConfigError, load_kd_config
-from yolo_kd.inherit import class_output_keys, evenly_spaced, inherit_weights
+from yolo_kd.inherit import class_output_keys, evenly_spaced, inherit_weights, selection_plan
 
 
-def _model(cfg: str, nc: int = 3, seed: int = 0) -> DetectionModel:
+def _model(cfg: str | dict, nc: int = 3, seed: int = 0) -> DetectionModel:
     torch.manual_seed(seed)
     return DetectionModel(cfg, nc=nc, verbose=False)
 
@@ -51,16 +53,69 @@ def test_wider_teacher_is_sliced_evenly_and_classes_copied_by_class() -> None:
     assert torch.equal(s["model.22.cv3.0.2.bias"][:2], t["model.22.cv3.0.2.bias"][[3, 0]])
 
 
-SAME_DEPTH_PAIRS = [("yolo11n.yaml", "yolo11s.yaml"), ("yolov8l.yaml", "yolov8x.yaml")]
+SAME_DEPTH_PAIRS = [
+    ("yolov8n.yaml", "yolov8s.yaml"),
+    ("yolov8l.yaml", "yolov8x.yaml"),
+    ("yolo11n.yaml", "yolo11s.yaml"),  # C2PSA attention: heads kept whole
+    ("yolo26n.yaml", "yolo26s.yaml"),  # end-to-end head with its one-to-one branch
+]
 
 
 @pytest.mark.parametrize(("student_cfg", "teacher_cfg"), SAME_DEPTH_PAIRS)
-def test_other_same_depth_pairs_are_selected(student_cfg: str, teacher_cfg: str) -> None:
+def test_selection_is_consistent_through_every_layer(student_cfg: str, teacher_cfg: str) -> None:
+    """With the teacher's unselected input channels zeroed, the student must compute the teacher's selected channels.
+
+    That holds only if every layer's kept inputs are exactly the previous layer's kept outputs: through C2f/C3k2
+    chunks, SPPF and neck concatenations, attention heads and the Detect branches.
+    """
     student, teacher = _model(student_cfg), _model(teacher_cfg, seed=1)
+    for m in teacher.modules():  # non-trivial normalisation statistics, so that selecting them matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5)
+    plan, s_sd = selection_plan(student, teacher), student.state_dict()
+    assert isinstance(plan, dict), plan
+    with torch.no_grad():
+        for key, t in teacher.state_dict().items():
+            if t.ndim >= 2 and (t.shape[1] != s_sd[key].shape[1] or 1 in plan.get(key, {})):
+                keep = plan.get(key, {}).get(1, evenly_spaced(t.shape[1], s_sd[key].shape[1]))
+                dropped = torch.ones(t.shape[1], dtype=torch.bool)
+                dropped[keep] = False
+                t[:, dropped] = 0
     assert inherit_weights(student, teacher, [(0, 0), (1, 1), (2, 2)]) is None
-    s, t = student.state_dict(), teacher.state_dict()
-    first = "model.0.conv.weight"
-    assert torch.equal(s[first], t[first][evenly_spaced(t[first].shape[0], s[first].shape[0])])
+    outputs: dict[str, dict[str, torch.Tensor]] = {}
+    for side, model in (("s", student), ("t", teacher)):
+        for i, layer in enumerate(model.model[:-1]):
+            layer.register_forward_hook(lambda m, a, out, i=i, side=side: outputs.setdefault(i, {}).update({side: out}))
+    student.eval(), teacher.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        s_out, t_out = student(x), teacher(x)
+    for i, pair in outputs.items():
+        s, t = pair["s"], pair["t"]
+        t = t.index_select(1, evenly_spaced(t.shape[1], s.shape[1]))
+        assert torch.allclose(s, t, rtol=1e-3, atol=1e-4), f"layer {i} ({type(student.model[i]).__name__})"
+    s_out, t_out = (o[0] if isinstance(o, (tuple, list)) else o for o in (s_out, t_out))
+    assert torch.allclose(s_out, t_out, rtol=1e-3, atol=1e-3), "detections differ"
+
+
+def test_attention_keeps_whole_heads() -> None:
+    student, teacher = _model("yolo11n.yaml"), _model("yolo11s.yaml")
+    plan = selection_plan(student, teacher)
+    attn = next(m for m in teacher.modules() if isinstance(m, Attention))
+    s_attn = next(m for m in student.modules() if isinstance(m, Attention))
+    assert (attn.num_heads, s_attn.num_heads, attn.key_dim, attn.head_dim) == (4, 2, 32, 64)
+    rows = plan["model.10.m.0.attn.qkv.conv.weight"][0]
+    # teacher heads 0 and 2 whole: each its 32 q, 32 k and 64 v channels (128 per head)
+    assert rows.tolist() == list(range(0, 128)) + list(range(256, 384))
+    assert plan["model.10.m.0.attn.proj.conv.weight"][1].tolist() == list(range(0, 64)) + list(range(128, 192))
+
+
+def test_unhandled_attention_and_other_reg_max_are_refused() -> None:
+    reason = inherit_weights(_model("yolo12n.yaml"), _model("yolo12s.yaml"), [(0, 0)])
+    assert reason is not None and "head layout" in reason
+    cfg = {**yaml_model_load("yolov8n.yaml"), "reg_max": 8}
+    reason = inherit_weights(_model(cfg), _model("yolov8s.yaml"), [(0, 0)])
+    assert reason is not None and "reg_max differs" in reason
 
 
 def test_teacher_of_another_depth_is_refused_and_student_untouched() -> None:
@@ -77,9 +132,13 @@ def test_narrower_teacher_is_refused() -> None:
     assert reason is not None and "not at least the student's" in reason
 
 
+def test_kd_init_values_from_the_cli() -> None:
+    assert load_kd_config(**parse_pairs(["kd_init=random"])).kd_init == "random"  # "none" would parse as None
+
+
 def test_bad_kd_init_value() -> None:
-    with pytest.raises(KDConfigError, match="kd_init='random'"):
-        load_kd_config(kd_init="random")
+    with pytest.raises(KDConfigError, match="kd_init='xavier'"):
+        load_kd_config(kd_init="xavier")
 
 
 def test_trainer_starts_a_yaml_student_from_the_teacher_only(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
@@ -89,7 +148,7 @@ def test_trainer_starts_a_yaml_student_from_the_teacher_only(data_yaml: str, tea
     trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "init")
     assert torch.equal(trainer.get_model(cfg="yolov8n.yaml").state_dict()["model.0.conv.weight"], want)
 
-    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "noinit", kd_init="none")
+    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "noinit", kd_init="random")
     assert not torch.equal(trainer.get_model(cfg="yolov8n.yaml").state_dict()["model.0.conv.weight"], want)
 
     # a student that comes with weights (pretrained, resumed) keeps them

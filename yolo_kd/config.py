@@ -16,7 +16,7 @@ import yaml
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "kd"
 FEATURE_LOSS_NAMES = ("cwd", "mgd")  # kept in step with yolo_kd.losses.FEATURE_LOSSES (a test checks)
-INIT_NAMES = ("teacher", "none")
+INIT_NAMES = ("teacher", "random")
 
 
 class KDConfigError(ValueError):
@@ -62,7 +62,7 @@ class KDConfig:
     kd_init: str = "teacher"
     """How a student built from a YAML (no weights) starts: 'teacher' selects evenly spaced channels of the teacher's
     weights when both have the same layers (weight selection, Xu et al. 2024; e.g. v8s -> v8n, v8x -> v8l), else it
-    keeps its random init with a warning; 'none' always keeps the random init. Pretrained or resumed students keep
+    keeps its random init with a warning; 'random' always keeps the random init. Pretrained or resumed students keep
     their weights either way."""
     kd_class_map: str | dict | None = None
     """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
@@ -212,7 +212,7 @@ def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDC
 
 # Keys added after checkpoints were first written, each with the value that reproduces a run recorded before it existed
 # (teacher-guided assignment did not exist, so such a run assigned from the student alone; nor did the teacher init).
-RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0, "kd_init": "none"}
+RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0, "kd_init": "random"}
 
 
 def load_recorded_config(config: dict[str, Any]) -> KDConfig:

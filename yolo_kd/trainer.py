@@ -82,7 +82,7 @@ class KDDetectionTrainer(DetectionTrainer):
             self.teacher_sha256 = file_sha256(teacher)
             self._check_pair(overrides)
         self.teacher: FrozenTeacher | None = None
-        self.student_init = "not built yet"  # where get_model started the student (for reports)
+        self.student_init = "an unknown init"  # set by get_model (under DDP it runs in the workers only)
         self.class_pairs: list[tuple[int, int]] = []
         self.unlabeled_files: set[str] = set()
         self.kd_modules: KDModules | None = None
@@ -168,7 +168,7 @@ class KDDetectionTrainer(DetectionTrainer):
         model = super().get_model(cfg, weights, verbose)
         if weights is not None:
             self.student_init = "its own weights"
-        elif self.kd_cfg.kd_init == "none" or self._teacher_model is None:
+        elif self.kd_cfg.kd_init == "random" or self._teacher_model is None:
             self.student_init = "a random init"
         else:
             pairs = self._check_classes(_names(self._teacher_model.names), _names(self.data["names"]))
