@@ -23,21 +23,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs/bench")
     p.add_argument("--methods", nargs="+", default=["baseline", "native", "default"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="the same seeds for every method")
     a = p.parse_args()
     runs = Path(a.runs)
     curves = {}
-    for method in a.methods:
-        seeds = sorted(runs.glob(f"{method}_s*"))
-        per_seed = [curve(r) for r in seeds if (r / "results.csv").is_file()]
-        if per_seed:
-            n = min(len(c) for c in per_seed)
-            curves[method] = [statistics.mean(c[i] for c in per_seed) for i in range(n)]
+    for method in a.methods:  # a missing run is an error: a mean over other seeds would not compare
+        per_seed = [curve(runs / f"{method}_s{seed}") for seed in a.seeds]
+        n = min(len(c) for c in per_seed)
+        curves[method] = [statistics.mean(c[i] for c in per_seed) for i in range(n)]
     n = min(len(c) for c in curves.values())
     top = max(max(c) for c in curves.values())
     lines = [
         "```mermaid",
         "xychart-beta",
-        f'    title "val mAP50-95 per epoch (mean of {len(seeds)} seeds): {", ".join(curves)}"',
+        f'    title "val mAP50-95 per epoch (mean of seeds {", ".join(map(str, a.seeds))}): {", ".join(curves)}"',
         f"    x-axis [{', '.join(str(i + 1) for i in range(n))}]",
         f'    y-axis "mAP50-95" 0 --> {round(top * 1.15, 3)}',
     ]
