@@ -64,7 +64,10 @@ def selection_plan(student: nn.Module, teacher: nn.Module) -> Plan | str:
     s_sd, t_sd = student.state_dict(), teacher.state_dict()
     if set(s_sd) != set(t_sd):
         only_s, only_t = len(set(s_sd) - set(t_sd)), len(set(t_sd) - set(s_sd))
-        return f"their layers differ ({only_s} student and {only_t} teacher tensors have no counterpart; e.g. depth)"
+        return (
+            f"their layers differ ({only_s} student and {only_t} teacher tensors have no counterpart: "
+            "another depth or family)"
+        )
     s_reg, t_reg = (getattr(find_detect_head(m), "reg_max", None) for m in (student, teacher))
     if s_reg != t_reg:
         return f"reg_max differs (student {s_reg}, teacher {t_reg}): box bins would not match"
