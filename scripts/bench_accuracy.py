@@ -327,7 +327,8 @@ def main() -> None:
         f"Command: `{cmd}`  \nMachine: {os.cpu_count()} CPU cores ({cpu}), device={args.device}, "
         f"torch {__import__('torch').__version__}, ultralytics {__import__('ultralytics').__version__}  \n"
         f"Data: generated `kdshapes` ({args.n_train} train / {args.n_val} val, {args.imgsz} px, 10 classes); student "
-        f"{args.student}, teacher {teacher} ; {args.epochs} epochs, batch {args.batch}, seeds {args.seeds}. "
+        f"{args.student}, teacher {teacher} ; {args.epochs} epochs, batch {args.batch}, "
+        f"{'every recorded seed (see the seeds column)' if args.table_only else f'seeds {args.seeds}'}. "
         f"'±' is half the spread (max - min) over seeds.\n\n"
     )
     out = Path(args.out)
