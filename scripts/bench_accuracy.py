@@ -125,15 +125,13 @@ def teacher_selected_student(student: str, teacher: str, data: str, folder: Path
     import torch
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
-    from yolo_kd.classes import class_pairs
+    from yolo_kd.classes import class_pairs, name_list
     from yolo_kd.inherit import inherit_weights
 
-    names = yaml.safe_load(Path(data).read_text())["names"]
-    names = list(names.values()) if isinstance(names, dict) else list(names)
+    names = name_list(yaml.safe_load(Path(data).read_text())["names"])
     t, _ = load_checkpoint(teacher)
     model = DetectionModel(student, nc=len(names), verbose=False)
-    t_names = list(t.names.values()) if isinstance(t.names, dict) else list(t.names)
-    reason = inherit_weights(model, t, class_pairs(names, t_names))
+    reason = inherit_weights(model, t, class_pairs(names, name_list(t.names)))
     if reason is not None:
         raise SystemExit(f"cannot start {student} from {teacher}: {reason}")
     model.names = dict(enumerate(names))

@@ -7,6 +7,11 @@ from typing import Any
 from .config import KDConfigError
 
 
+def name_list(names: Any) -> list[str]:
+    """Class names as a list, from Ultralytics' ``{index: name}`` dict or a list (None: no names)."""
+    return list(names.values()) if isinstance(names, dict) else list(names or [])
+
+
 def norm_name(name: Any) -> str:
     """Class names compare case-, space- and underscore-insensitively ('Traffic Light' == 'traffic_light')."""
     return str(name).lower().replace(" ", "").replace("_", "").replace("-", "")

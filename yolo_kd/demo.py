@@ -154,7 +154,7 @@ def write_report(project: Path, results: dict, cfg: dict, teacher: str, exported
         f"Data: generated kdshapes ({cfg['n_train']} train / {cfg['n_val']} val images, {cfg['imgsz']} px, "
         "10 classes). "
         f"Student {cfg['student']}, {cfg['epochs']} epochs, seed {cfg['seed']}; teacher `{teacher}`; kd={cfg['kd']}. "
-        f"The distilled student started from {cfg.get('student_init', 'a random init')}, "
+        f"The distilled student started from {cfg['student_init']}, "
         "the baseline from a random init.",
         "",
         "| model | mAP50 | mAP50-95 |",

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .classes import class_pairs
+from .classes import class_pairs, name_list
 from .config import KDConfigError
 from .dataset import image_files
 from .teacher import load_teacher_model
@@ -51,10 +51,9 @@ def label_folder(
     if not files:
         raise KDConfigError(f"source={source}: no images in it")
     teacher = load_teacher_model(model)
-    t_names = list(teacher.names.values()) if isinstance(teacher.names, dict) else list(teacher.names)
+    t_names = name_list(teacher.names)
     if names is not None:
-        s_names = yaml.safe_load(Path(names).read_text())["names"]
-        s_names = list(s_names.values()) if isinstance(s_names, dict) else list(s_names)
+        s_names = name_list(yaml.safe_load(Path(names).read_text())["names"])
         keep = {t: s for s, t in class_pairs(s_names, t_names)}
     else:
         s_names, keep = t_names, {i: i for i in range(len(t_names))}

@@ -14,7 +14,7 @@ from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
-from .classes import class_pairs, is_identity
+from .classes import class_pairs, is_identity, name_list
 from .config import KDConfig, KDConfigError, load_kd_config, load_recorded_config
 from .criterion import KDLoss, KDModules, box_kd_reason, probe_head_channels
 from .dataset import image_files
@@ -28,10 +28,6 @@ RUN_KEYS = ("teacher", "kd")  # KD keys besides the KDConfig fields
 def kd_keys() -> tuple[str, ...]:
     """Every key the KD trainer takes out of Ultralytics' overrides."""
     return (*RUN_KEYS, *KDConfig.field_names())
-
-
-def _names(names: Any) -> list[str]:
-    return list(names.values()) if isinstance(names, dict) else list(names or [])
 
 
 def read_kd_record(path: str | Path) -> dict[str, Any] | None:
@@ -142,7 +138,7 @@ class KDDetectionTrainer(DetectionTrainer):
         model, data = overrides.get("model"), overrides.get("data")
         data_names = None
         if isinstance(data, (str, Path)) and str(data).endswith((".yaml", ".yml")) and Path(data).is_file():
-            data_names = _names(YAML.load(data).get("names"))
+            data_names = name_list(YAML.load(data).get("names"))
         if isinstance(model, (str, Path)) and str(model).endswith((".yaml", ".yml")):
             student_stride = DetectionModel(str(model), nc=len(data_names or [0]), verbose=False).stride
         elif isinstance(model, (str, Path)) and str(model).endswith(".pt") and Path(model).is_file():
@@ -155,7 +151,7 @@ class KDDetectionTrainer(DetectionTrainer):
                 f"{student_stride.int().tolist()}: their head maps cannot be matched"
             )
         if data_names is not None:
-            self._check_classes(_names(teacher.names), data_names)
+            self._check_classes(name_list(teacher.names), data_names)
 
     def _check_classes(self, teacher_names: list[str], student_names: list[str]) -> list[tuple[int, int]]:
         """Pair student and teacher classes (by name, or by ``kd_class_map``); one clear error if none match."""
@@ -171,7 +167,7 @@ class KDDetectionTrainer(DetectionTrainer):
         elif self.kd_cfg.kd_init == "random" or self._teacher_model is None:
             self.student_init = "a random init"
         else:
-            pairs = self._check_classes(_names(self._teacher_model.names), _names(self.data["names"]))
+            pairs = self._check_classes(name_list(self._teacher_model.names), name_list(self.data["names"]))
             reason = inherit_weights(model, self._teacher_model, pairs)
             self.student_init = "the teacher's weights" if reason is None else "a random init"
             if RANK in {-1, 0}:
@@ -186,7 +182,7 @@ class KDDetectionTrainer(DetectionTrainer):
         ckpt = super().setup_model()
         student = unwrap_model(self.model)
         if self.teacher is None:
-            t_names, s_names = _names(self._teacher_model.names), _names(self.data["names"])
+            t_names, s_names = name_list(self._teacher_model.names), name_list(self.data["names"])
             self.class_pairs = self._check_classes(t_names, s_names)
             if not is_identity(self.class_pairs, len(s_names), len(t_names)) and RANK in {-1, 0}:
                 shown = ", ".join(f"{s_names[s]}<-{t_names[t]}" for s, t in self.class_pairs)
@@ -331,7 +327,7 @@ class KDDetectionTrainer(DetectionTrainer):
         return path
 
     def _class_pairs_or_none(self) -> list[tuple[int, int]] | None:
-        n_student, n_teacher = len(_names(self.data["names"])), self.teacher.nc
+        n_student, n_teacher = len(name_list(self.data["names"])), self.teacher.nc
         return None if is_identity(self.class_pairs, n_student, n_teacher) else self.class_pairs
 
     def optimizer_step(self):
