@@ -1,13 +1,31 @@
-"""yolo-kd: knowledge distillation for Ultralytics YOLO detectors."""
+"""yolo-kd: knowledge distillation for Ultralytics YOLO detectors.
 
-import os
+Importing the library changes nothing in the process: no environment variable is set and Ultralytics is not imported
+until ``KDDetectionTrainer`` is first used, so Ultralytics behaves exactly as the caller configured it. The ``yolo-kd``
+command line is what turns Ultralytics' network probe and auto-install off (see ``yolo_kd.cli.configure_ultralytics``).
+"""
 
-# Ultralytics probes the network at import unless told it is offline; yolo-kd never needs the network.
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # no pip install behind the user's back
+from __future__ import annotations
 
-from .config import KDConfig, KDConfigError, load_kd_config  # noqa: E402
-from .trainer import KDDetectionTrainer  # noqa: E402
+from typing import Any
+
+from .config import KDConfig, KDConfigError, load_kd_config
 
 __version__ = "0.1.0"
 __all__ = ["KDConfig", "KDConfigError", "KDDetectionTrainer", "load_kd_config", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the trainer (and with it Ultralytics) on first use, so ``import yolo_kd.cli`` can configure it first.
+
+    Args:
+        name: The attribute asked for.
+
+    Returns:
+        ``KDDetectionTrainer`` when asked for it.
+    """
+    if name == "KDDetectionTrainer":
+        from .trainer import KDDetectionTrainer
+
+        return KDDetectionTrainer
+    raise AttributeError(f"module 'yolo_kd' has no attribute {name!r}")

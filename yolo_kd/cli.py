@@ -12,18 +12,51 @@ import os
 import sys
 from typing import Any
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install behind the user's back (exports included)
-
-from ultralytics.cfg import smart_value  # noqa: E402
-
-from .config import KDConfig, KDConfigError  # noqa: E402
+from .config import KDConfig, KDConfigError
 
 USAGE = __doc__
+# Modules that copy Ultralytics' AUTOINSTALL / ONLINE flags into their own globals when they are imported.
+ULTRALYTICS_FLAG_MODULES = (
+    "ultralytics.utils",
+    "ultralytics.utils.checks",
+    "ultralytics.utils.events",
+    "ultralytics.utils.export.tensorflow",
+)
+
+
+def configure_ultralytics() -> None:
+    """Turn Ultralytics' network probe and pip auto-install off for this command, whatever was imported first.
+
+    A variable the user set (``YOLO_OFFLINE``, ``YOLO_AUTOINSTALL``) is kept. Ultralytics reads both once, when it is
+    imported, and some modules copy the flags, so a process that imported Ultralytics before calling ``main`` gets the
+    flags set on the loaded modules too; the command then behaves the same in either order.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    utils = sys.modules.get("ultralytics.utils")
+    if utils is None:
+        return  # Ultralytics will read the variables above when it is imported
+    flags = {"AUTOINSTALL": utils.env_bool("YOLO_AUTOINSTALL", True)}
+    if utils.env_bool("YOLO_OFFLINE"):
+        flags["ONLINE"] = False
+    for name in ULTRALYTICS_FLAG_MODULES:
+        module = sys.modules.get(name)
+        for attr, value in flags.items():
+            if module is not None and hasattr(module, attr):
+                setattr(module, attr, value)
 
 
 def parse_pairs(argv: list[str]) -> dict[str, Any]:
-    """Parse ``key=value`` words with Ultralytics' own value rules (numbers, booleans, None, lists)."""
+    """Parse ``key=value`` words with Ultralytics' own value rules (numbers, booleans, None, lists).
+
+    Args:
+        argv: The words after the command name.
+
+    Returns:
+        The parsed values by key.
+    """
+    from ultralytics.cfg import smart_value
+
     out: dict[str, Any] = {}
     for word in argv:
         if "=" not in word:
@@ -107,6 +140,7 @@ def cmd_dataset(kwargs: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    configure_ultralytics()
     if not argv or argv[0] in {"help", "-h", "--help"}:
         print(help_text())
         return 0
