@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+from yolo_kd.cli import main
 
 
 def _python(code: str) -> str:
@@ -47,3 +50,59 @@ def test_cli_turns_auto_install_and_network_probe_off_whatever_the_import_order(
         """
     )
     assert out.splitlines()[-1] == "RESULT False False False False false"
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture, folder: Path) -> str:
+    """Run a command that must be refused: exit 2, one line on stderr, nothing new in ``folder``."""
+    before = sorted(folder.rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert sorted(folder.rglob("*")) == before, "a refused command wrote files"
+    return err
+
+
+def test_malformed_yaml_is_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kd_cls: [1.0, 2.0\nkd_box: 1\n")
+    base = ["train", "model=yolov8n.yaml", "teacher=missing.pt", f"project={tmp_path / 'p'}"]
+    err = _refused([*base, f"kd={bad}"], capsys, tmp_path)
+    assert f"kd={bad}: malformed YAML" in err and "line" in err
+    err = _refused([*base, f"kd_class_map={bad}"], capsys, tmp_path)
+    assert f"kd_class_map={bad}: malformed YAML" in err
+
+
+def test_misspelt_keys_are_refused_before_anything_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # teacher=missing.pt would be the first error if the teacher were loaded before the keys were checked
+    err = _refused(["train", "teacher=missing.pt", f"unlabelled={tmp_path}"], capsys, tmp_path)
+    assert "unlabelled= (did you mean unlabeled=?)" in err
+    err = _refused(["label", "model=missing.pt", f"source={tmp_path}", "confidence=0.5"], capsys, tmp_path)
+    assert "'label' does not take confidence=" in err and "conf" in err
+    err = _refused(["dataset", f"root={tmp_path}", "n_trian=5"], capsys, tmp_path)
+    assert "n_trian= (did you mean n_train=?)" in err
+    err = _refused(["export", "model=missing.pt", "formt=onnx"], capsys, tmp_path)
+    assert "formt= (did you mean format=?)" in err
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    junk = tmp_path / "last.pt"
+    junk.write_text("not a checkpoint")
+    err = _refused(["train", f"resume={junk}"], capsys, tmp_path)
+    assert f"resume={junk}: not an Ultralytics checkpoint" in err
+    assert "no such checkpoint" in _refused(["train", f"resume={tmp_path / 'nope.pt'}"], capsys, tmp_path)
+
+
+def test_output_folder_that_cannot_be_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    if os.geteuid() == 0:  # root writes through permission bits; /proc refuses everyone
+        locked = Path("/proc/yolo_kd_test")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+    err = _refused(["dataset", f"root={locked}", "n_train=2", "n_val=2"], capsys, tmp_path)
+    assert f"root={locked}: cannot write in" in err
+    err = _refused(["train", "teacher=missing.pt", f"project={locked / 'runs'}"], capsys, tmp_path)
+    assert f"project={locked / 'runs'}: cannot write in" in err
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert "is a file, not a folder" in _refused(["dataset", f"root={file / 'sub'}"], capsys, tmp_path)

@@ -8,11 +8,15 @@ yolo-kd help
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .config import KDConfig, KDConfigError
+from .inputs import check_keys, check_writable, check_yaml_keys, read_checkpoint
 
 USAGE = __doc__
 # Modules that copy Ultralytics' AUTOINSTALL / ONLINE flags into their own globals when they are imported.
@@ -69,6 +73,7 @@ def parse_pairs(argv: list[str]) -> dict[str, Any]:
 
 
 def help_text() -> str:
+    """The usage lines and every KD key with its default and meaning."""
     rows = [
         ("teacher", None, "Path of the trained teacher checkpoint (.pt). Required, except on resume."),
         ("kd", "default", "KD preset name in configs/kd/ (default, full, logit, feature) or a YAML file of kd_* keys."),
@@ -80,7 +85,30 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+KD_RUN_KEYS = ("teacher", "kd")  # the KD trainer's keys besides the KDConfig fields
+
+
+def _params(fn: Callable[..., Any]) -> list[str]:
+    """The named parameters of ``fn``: the keys a command built on it takes."""
+    return [n for n, p in inspect.signature(fn).parameters.items() if p.kind is not p.VAR_KEYWORD]
+
+
+def _ultralytics_keys() -> list[str]:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return list(DEFAULT_CFG_DICT)
+
+
 def cmd_train(kwargs: dict[str, Any]) -> None:
+    """``yolo-kd train``: every key is checked and every named file read before the teacher or student loads.
+
+    Args:
+        kwargs: The command's key=value pairs.
+    """
+    check_keys("train", kwargs, [*_ultralytics_keys(), *KD_RUN_KEYS, *KDConfig.field_names()])
+    check_yaml_keys(kwargs, ("kd", "kd_class_map", "data"))
+    if kwargs.get("project"):
+        check_writable("project", kwargs["project"])
     from ultralytics import YOLO
 
     from .trainer import KDDetectionTrainer
@@ -89,7 +117,8 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
     if resume not in (None, False):
         if resume is True:
             raise KDConfigError("resume needs a path: yolo-kd train resume=runs/.../weights/last.pt")
-        _local_file("resume", resume)
+        read_checkpoint("resume", resume)
+        check_writable("resume", Path(str(resume)).parent)  # the run's weights are saved beside it
         model = YOLO(str(resume))
         kwargs["resume"] = True  # Model.train maps resume=True to its own checkpoint path
         model.train(trainer=KDDetectionTrainer, **kwargs)
@@ -103,29 +132,44 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
 
 def _local_file(key: str, path: Any) -> None:
     """Ultralytics would try to download a missing .pt by name; yolo-kd never downloads, so say so instead."""
-    from pathlib import Path
-
     if not Path(str(path)).is_file():
         raise KDConfigError(f"{key}={path}: no such file (yolo-kd downloads nothing; give a local checkpoint)")
 
 
 def cmd_demo(kwargs: dict[str, Any]) -> None:
+    """``yolo-kd demo`` (its keys are checked by ``run_demo``).
+
+    Args:
+        kwargs: The command's key=value pairs.
+    """
     from .demo import run_demo
 
     run_demo(**kwargs)
 
 
 def cmd_export(kwargs: dict[str, Any]) -> None:
+    """``yolo-kd export``: keys are yolo-kd's verification keys or Ultralytics' export arguments.
+
+    Args:
+        kwargs: The command's key=value pairs.
+    """
     from .export import export_and_verify
 
+    check_keys("export", kwargs, [*_params(export_and_verify), *_ultralytics_keys()])
     if "model" not in kwargs:
         raise KDConfigError("export needs model=PATH (a checkpoint or a run folder)")
     export_and_verify(**kwargs)
 
 
 def cmd_label(kwargs: dict[str, Any]) -> None:
+    """``yolo-kd label``.
+
+    Args:
+        kwargs: The command's key=value pairs.
+    """
     from .label import label_folder
 
+    check_keys("label", kwargs, _params(label_folder))
     for key in ("model", "source"):
         if key not in kwargs:
             raise KDConfigError(f"label needs {key}=")
@@ -133,12 +177,27 @@ def cmd_label(kwargs: dict[str, Any]) -> None:
 
 
 def cmd_dataset(kwargs: dict[str, Any]) -> None:
+    """``yolo-kd dataset``.
+
+    Args:
+        kwargs: The command's key=value pairs.
+    """
     from .dataset import make_dataset
 
+    check_keys("dataset", kwargs, _params(make_dataset))
+    check_writable("root", kwargs.get("root", "datasets"))
     print(make_dataset(**kwargs))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``yolo-kd`` command.
+
+    Args:
+        argv: The words after ``yolo-kd`` (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 done, 2 refused (one line on stderr).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     configure_ultralytics()
     if not argv or argv[0] in {"help", "-h", "--help"}:
