@@ -54,12 +54,28 @@ def test_kd_keys_never_collide_with_ultralytics() -> None:
         ({"kd_mgd_mask": 1.0}, "kd_mgd_mask=1.0 must be in [0, 1)"),
         ({"kd_final": 1.5}, "kd_final=1.5 must be in [0, 1]"),
         ({"kd_tmep": 2}, "unknown KD key(s) ['kd_tmep']"),
+        ({"kd_cls": float("nan")}, "kd_cls=nan must be a finite number"),
+        ({"kd_box": float("inf")}, "kd_box=inf must be a finite number"),
+        ({"kd_cls_temp": float("inf")}, "kd_cls_temp=inf must be a finite number"),
+        ({"kd_box_temp": 1e-30}, "kd_box_temp=1e-30 must be in [0.001, 1000.0]"),
+        ({"kd_feat_temp": 1e4}, "kd_feat_temp=10000.0 must be in [0.001, 1000.0]"),
+        ({"unlabeled_ratio": 0.99}, "unlabeled_ratio=0.99 must be in (0, 0.95]"),
     ],
 )
 def test_bad_values_raise_one_clear_error(kwargs: dict, message: str) -> None:
     with pytest.raises(KDConfigError) as e:
         load_kd_config(None, **kwargs)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_yaml_nan_and_huge_values_are_refused(tmp_path) -> None:
+    path = tmp_path / "kd.yaml"
+    path.write_text("kd_cls: .nan\n")
+    with pytest.raises(KDConfigError, match="kd_cls=nan must be a finite number"):
+        load_kd_config(path)
+    path.write_text("kd_box: 1.0e+999\n")  # YAML reads it as a float: inf
+    with pytest.raises(KDConfigError, match="kd_box=inf must be a finite number"):
+        load_kd_config(path)
 
 
 def test_unknown_preset_names_the_choices() -> None:

@@ -110,8 +110,3 @@ def test_mgd_normalisation_does_not_depend_on_batch_size() -> None:
     s, t = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
     assert torch.allclose(loss_fn(s, t), loss_fn(s.repeat(3, 1, 1, 1), t.repeat(3, 1, 1, 1)), rtol=1e-5)
 
-
-def test_feature_loss_names_match_config() -> None:
-    from yolo_kd.config import FEATURE_LOSS_NAMES
-
-    assert tuple(FEATURE_LOSSES) == FEATURE_LOSS_NAMES

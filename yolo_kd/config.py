@@ -8,6 +8,7 @@ collides with an Ultralytics argument; ``tests/test_config.py`` checks that agai
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import yaml
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "kd"
-FEATURE_LOSS_NAMES = ("cwd", "mgd")  # kept in step with yolo_kd.losses.FEATURE_LOSSES (a test checks)
 INIT_NAMES = ("teacher", "random")
+TEMPERATURE_RANGE = (1e-3, 1e3)  # beyond it a softmax/sigmoid saturates to one-hot or flat: no useful soft target
+MAX_UNLABELED_RATIO = 0.95  # the mixed list holds ratio / (1 - ratio) unlabelled slots per labelled image
 
 
 class KDConfigError(ValueError):
@@ -90,6 +92,8 @@ class KDConfig:
             if f.type == "float":
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise KDConfigError(f"{f.name}={value!r} must be a number")
+                if not math.isfinite(value):  # YAML's .nan/.inf; a NaN passes every range check below
+                    raise KDConfigError(f"{f.name}={value} must be a finite number")
                 setattr(self, f.name, float(value))
             elif f.type == "bool" and not isinstance(value, bool):
                 raise KDConfigError(f"{f.name}={value!r} must be True or False")
@@ -99,6 +103,9 @@ class KDConfig:
         for name in ("kd_cls_temp", "kd_box_temp", "kd_feat_temp"):
             if getattr(self, name) <= 0:
                 raise KDConfigError(f"{name}={getattr(self, name)} must be > 0")
+            low, high = TEMPERATURE_RANGE
+            if not low <= getattr(self, name) <= high:
+                raise KDConfigError(f"{name}={getattr(self, name)} must be in [{low}, {high}]")
         if not 0.0 <= self.kd_assign <= 1.0:
             raise KDConfigError(f"kd_assign={self.kd_assign} must be in [0, 1]")
         if not 0.0 <= self.kd_final <= 1.0:
@@ -117,8 +124,8 @@ class KDConfig:
             self.kd_class_map = loaded
         elif self.kd_class_map is not None and not isinstance(self.kd_class_map, dict):
             raise KDConfigError(f"kd_class_map={self.kd_class_map!r} must be a dict or a YAML file")
-        if not 0.0 < self.unlabeled_ratio < 1.0:
-            raise KDConfigError(f"unlabeled_ratio={self.unlabeled_ratio} must be in (0, 1)")
+        if not 0.0 < self.unlabeled_ratio <= MAX_UNLABELED_RATIO:
+            raise KDConfigError(f"unlabeled_ratio={self.unlabeled_ratio} must be in (0, {MAX_UNLABELED_RATIO}]")
         if not 0.0 < self.kd_pseudo_conf < 1.0:
             raise KDConfigError(f"kd_pseudo_conf={self.kd_pseudo_conf} must be in (0, 1)")
         if self.unlabeled is not None:
@@ -132,8 +139,10 @@ class KDConfig:
             self.unlabeled = str(folder.resolve())
         if self.kd_init not in INIT_NAMES:
             raise KDConfigError(f"kd_init={self.kd_init!r} is unknown; choose one of {INIT_NAMES}")
-        if self.kd_feat_loss not in FEATURE_LOSS_NAMES:
-            raise KDConfigError(f"kd_feat_loss={self.kd_feat_loss!r} is unknown; choose one of {FEATURE_LOSS_NAMES}")
+        from .losses import FEATURE_LOSSES  # the one list of feature-loss names (imported late: it needs torch)
+
+        if self.kd_feat_loss not in FEATURE_LOSSES:
+            raise KDConfigError(f"kd_feat_loss={self.kd_feat_loss!r} is unknown; choose one of {tuple(FEATURE_LOSSES)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as stored in checkpoints."""
