@@ -23,22 +23,39 @@ def raw_images(data_yaml: str, tmp_path: Path) -> Path:
     return dst
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (links read through)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _classes(out: Path) -> set[str]:
+    return {line.split()[0] for p in (out / "labels").rglob("*.txt") for line in p.read_text().splitlines()}
+
+
 def test_label_writes_a_dataset_ultralytics_trains_on(teacher_pt: str, raw_images: Path, tmp_path: Path) -> None:
     from ultralytics import YOLO
 
     from yolo_kd.label import label_folder
 
+    source_before = _snapshot(raw_images)
     summary = label_folder(teacher_pt, raw_images, conf=0.001)  # an untrained teacher is unsure of everything
+    out = tmp_path / "raw_labelled"
+    assert summary["yaml"] == str(out / "data.yaml") and _snapshot(raw_images) == source_before  # source only read
     images = sorted(raw_images.glob("*.png"))
     assert summary["images"] == len(images) and summary["unreadable"] == [str(raw_images / "broken.png")]
-    labels = [p.with_suffix(".txt") for p in images if p.name != "broken.png"]
-    assert all(p.exists() for p in labels) and sum(summary["boxes_per_class"].values()) > 0
+    labels = sorted((out / "labels").rglob("*.txt"))
+    assert len(labels) == len(images) - 1 and sum(summary["boxes_per_class"].values()) > 0
     for lab in labels:
         for line in lab.read_text().splitlines():
             c, *xywh = line.split()
             assert 0 <= int(c) < 10 and all(0 <= float(v) <= 1 for v in xywh)
     data = yaml.safe_load(Path(summary["yaml"]).read_text())
     assert len(data["names"]) == 10
+    # a held-out validation split: no training image is validated on
+    train = {p.name for p in (out / "images" / "train").iterdir()}
+    val = {p.name for p in (out / "images" / "val").iterdir()}
+    assert train and val and not train & val and summary["val_images"] == len(val)
+    assert data["train"] == "images/train" and data["val"] == str(out / "images" / "val")
     YOLO("yolov8n.yaml").train(
         data=summary["yaml"],
         epochs=1,
@@ -56,15 +73,64 @@ def test_label_writes_a_dataset_ultralytics_trains_on(teacher_pt: str, raw_image
     assert again["labelled_now"] == 0 and again["skipped_already_labelled"] == len(labels)
 
 
-def test_label_maps_to_student_names(teacher_pt: str, raw_images: Path, tmp_path: Path) -> None:
+def test_label_maps_to_student_names_and_uses_the_users_val(
+    data_yaml: str, teacher_pt: str, raw_images: Path, tmp_path: Path
+) -> None:
     from yolo_kd.label import label_folder
 
     student = tmp_path / "student.yaml"
     student.write_text(yaml.safe_dump({"train": ".", "val": ".", "names": {0: "Plus", 1: "disc red"}}))
-    summary = label_folder(teacher_pt, raw_images, conf=0.001, names=student, out=tmp_path / "mapped.yaml")
+    own_val = Path(data_yaml).parent / "tiny" / "images" / "train"
+    summary = label_folder(teacher_pt, raw_images, conf=0.001, names=student, out=tmp_path / "mapped", val=own_val)
     assert set(summary["boxes_per_class"]) <= {"Plus", "disc red"}
-    classes = {line.split()[0] for p in raw_images.glob("*.txt") for line in p.read_text().splitlines()}
-    assert classes <= {"0", "1"}
+    assert _classes(tmp_path / "mapped") <= {"0", "1"}
+    data = yaml.safe_load(Path(summary["yaml"]).read_text())
+    assert data["val"] == str(own_val) and summary["val_images"] == 0  # the user's own labelled images, untouched
+    assert summary["train_images"] == len(list(raw_images.glob("*.png")))
+
+
+def test_label_never_writes_into_an_existing_dataset(
+    data_yaml: str, teacher_pt: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from yolo_kd.label import label_folder
+
+    shutil.copytree(Path(data_yaml).parent / "tiny", tmp_path / "tiny")
+    shutil.copy(data_yaml, tmp_path / "tiny.yaml")
+    for lab in sorted((tmp_path / "tiny" / "labels" / "val").glob("*.txt"))[:3]:
+        lab.unlink()  # images without labels: the old command filled them with teacher boxes
+    before = _snapshot(tmp_path)
+    summary = label_folder(teacher_pt, tmp_path / "tiny", conf=0.001)
+    after = _snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("tiny_labelled")} == before
+    assert summary["yaml"] == str(tmp_path / "tiny_labelled" / "data.yaml")
+    assert len(list((tmp_path / "tiny_labelled" / "labels").rglob("*.txt"))) == summary["images"] == 24
+    # labels land under labels/, not inside images/, though the source is itself an images/{train,val} tree
+    assert not list((tmp_path / "tiny_labelled" / "images").rglob("*.txt"))
+    for out in (tmp_path / "tiny", tmp_path):
+        err = _refused([f"model={teacher_pt}", f"source={tmp_path / 'tiny' / 'images'}", f"out={out}"], capsys)
+        assert f"out={out}: exists and is not a dataset yolo-kd labelled" in err
+    assert _snapshot(tmp_path) == after
+
+
+def test_label_resumes_only_with_the_same_settings(
+    teacher_pt: str, raw_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from yolo_kd.label import label_folder
+
+    (raw_images / "broken.png").unlink()
+    out = tmp_path / "ds"
+    first = label_folder(teacher_pt, raw_images, conf=0.001, out=out)
+    before = _snapshot(out)
+    err = _refused([f"model={teacher_pt}", f"source={raw_images}", f"out={out}", "conf=0.5"], capsys)
+    assert "was labelled with other settings (conf differ)" in err and _snapshot(out) == before
+    # another split would leave the old one's files mixed in: refused even with overwrite=True
+    err = _refused(
+        [f"model={teacher_pt}", f"source={raw_images}", f"out={out}", "seed=3", "overwrite=True", "conf=0.001"],
+        capsys,
+    )
+    assert "would not replace" in err and _snapshot(out) == before
+    again = label_folder(teacher_pt, raw_images, conf=0.5, out=out, overwrite=True)
+    assert again["labelled_now"] == first["images"] and again["skipped_already_labelled"] == 0
 
 
 def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
@@ -90,6 +156,28 @@ def test_label_refusals_write_nothing(teacher_pt: str, tmp_path: Path, capsys: p
     (empty / "a.png").write_bytes((Path(__file__).parent / "__init__.py").read_bytes())
     assert "not a detection model" in _refused([f"model={cls_pt}", f"source={empty}"], capsys)
     assert sorted(p.name for p in empty.iterdir()) == ["a.png", "notes.txt"]
+    assert not (tmp_path / "empty_labelled").exists()
+
+
+def test_label_bad_values_are_one_line_and_write_nothing(
+    teacher_pt: str, raw_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = [f"model={teacher_pt}", f"source={raw_images}"]
+    no_names = tmp_path / "no_names.yaml"
+    no_names.write_text("train: images\n")
+    png = next(raw_images.glob("*.png"))
+    shutil.copy(png, png.with_suffix(".jpg"))  # a.png and a.jpg: one a.txt for two images
+    before = _snapshot(tmp_path)
+    for batch in (0, -1):
+        assert f"batch={batch}: give a whole number" in _refused([*base, f"batch={batch}"], capsys)
+    missing = tmp_path / "nope.yaml"
+    assert f"names={missing}: no such file" in _refused([*base, f"names={missing}"], capsys)
+    assert f"names={no_names}: has no 'names' list" in _refused([*base, f"names={no_names}"], capsys)
+    assert "overlaps source" in _refused([*base, f"val={raw_images}"], capsys)
+    assert "val_fraction=1.0" in _refused([*base, "val_fraction=1.0"], capsys)
+    err = _refused(base, capsys)
+    assert f"{png.with_suffix('.jpg').name} and {png.name} would share one label file" in err
+    assert _snapshot(tmp_path) == before and not (tmp_path / "raw_labelled").exists()
 
 
 def test_training_with_unlabeled_images_uses_teacher_pseudo_labels(

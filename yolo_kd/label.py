@@ -1,8 +1,26 @@
-"""``yolo-kd label``: the teacher annotates a folder of images as a YOLO-format dataset."""
+"""``yolo-kd label``: the teacher annotates a folder of images as a NEW YOLO-format dataset.
+
+Layout of the dataset it writes (``out``, default ``<source>_labelled`` beside the source folder)::
+
+    out/images/train/<flat name>           links to the source images (copies where links are not possible)
+    out/images/val/<flat name>             the validation split (none when ``val=`` names your own folder)
+    out/labels/{train,val}/...txt          the teacher's boxes, where Ultralytics looks for them
+    out/data.yaml                          written last: a dataset exists under its final name only when complete
+    out/.yolo_kd_label.json                the settings it was labelled with (a rerun with the same ones resumes)
+
+A flat name is the image's path under the source with ``__`` for ``/`` (``cam1/a.jpg`` -> ``cam1__a.jpg``), so a
+source that is itself a dataset (``images/train/...``) cannot make Ultralytics look for labels inside ``images/``.
+The source folder, its label files and any data YAML beside it are only ever read.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import random
+import shutil
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,110 +30,409 @@ import yaml
 from .classes import class_pairs, name_list
 from .config import KDConfigError
 from .dataset import image_files
-from .teacher import load_teacher_model
+from .inputs import check_writable, read_yaml
+from .teacher import file_sha256, load_teacher_model
+
+MARKER = ".yolo_kd_label.json"
+
+
+@dataclass
+class LabelPlan:
+    """Everything decided before the first file is written.
+
+    Attributes:
+        out: The dataset folder to write.
+        settings: What the labels depend on (recorded in ``out/MARKER``; a rerun with equal settings resumes).
+        images: Source image -> its link in ``out`` (train and val splits).
+        labels: Source image -> its label file in ``out``.
+        names: The dataset's class names.
+        keep: Teacher class index -> dataset class index (teacher classes absent from ``names`` are dropped).
+        val: The ``val`` entry of the data YAML (the split folder, or the user's own ``val=`` folder).
+    """
+
+    out: Path
+    settings: dict[str, Any]
+    images: dict[Path, Path]
+    labels: dict[Path, Path]
+    names: list[str]
+    keep: dict[int, int]
+    val: str
+    resume: bool = False
+
+
+@dataclass
+class LabelTally:
+    """What a labelling pass did."""
+
+    labelled: int = 0
+    skipped: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    confidences: list[float] = field(default_factory=list)
 
 
 def label_folder(
     model: str | Path,
     source: str | Path,
+    out: str | Path | None = None,
     conf: float = 0.25,
     iou: float = 0.7,
-    out: str | Path | None = None,
     imgsz: int | None = None,
     names: str | Path | None = None,
     device: str | None = None,
     batch: int = 16,
+    val: str | Path | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Label every image under ``source`` with the teacher; write ``<image>.txt`` beside each and a data YAML.
+    """Label every image under ``source`` with the teacher, as a new dataset in ``out`` (layout: module docstring).
 
     Args:
         model: Teacher checkpoint.
-        source: Folder of images (searched recursively).
-        conf: Keep boxes with at least this confidence. iou: NMS IoU threshold.
-        out: Path of the data YAML to write (default: ``<source>.yaml`` beside the folder).
+        source: Folder of images (searched recursively). Only read.
+        out: Folder of the new dataset (default ``<source>_labelled`` beside ``source``). It must be new, empty, or
+            a dataset this command labelled with the same settings (then the run resumes where it stopped).
+        conf: Keep boxes with at least this confidence.
+        iou: NMS IoU threshold.
         imgsz: Inference size (default: the teacher's training size).
         names: A data YAML whose class names the labels should use (teacher classes are mapped to them by name;
-            classes the student lacks are dropped). Default: the teacher's own names.
+            classes it lacks are dropped). Default: the teacher's own names.
+        device: Inference device (Ultralytics' ``device=``).
+        batch: Images per inference call.
+        val: A folder of your own validation images (with their labels), used as the dataset's ``val`` unchanged.
+            Default: a ``val_fraction`` of the source images, held out of training.
+        val_fraction: Share of the source images held out for validation when ``val`` is not given.
+        seed: Seed of that split (the same seed gives the same split).
+        overwrite: Write into an ``out`` that is not empty and not labelled with these settings (its files of the
+            same names are replaced). Default False: such an ``out`` is refused.
 
-    Images that already have a label file are skipped (so an interrupted run resumes); unreadable images are listed
-    and skipped. Returns a summary dict, also printed.
+    Returns:
+        A summary (also logged): images, labelled now, skipped (already labelled), unreadable, boxes per class,
+        a confidence histogram, the data YAML.
     """
-    import cv2
-    from ultralytics import YOLO
-    from ultralytics.utils import LOGGER, TQDM
+    from ultralytics.utils import LOGGER
 
-    src = Path(source)
+    plan = plan_labels(model, source, out, conf, iou, imgsz, names, batch, val, val_fraction, seed, overwrite)
+    tally = run_teacher(plan, model, conf, iou, device, batch)
+    yaml_path = write_data_yaml(plan)
+    summary = _summary(plan, tally, conf, yaml_path)
+    LOGGER.info(
+        f"yolo-kd label: {summary['labelled_now']} images labelled, {summary['skipped_already_labelled']} already "
+        f"labelled, {len(tally.unreadable)} unreadable"
+        f"{': ' + ', '.join(tally.unreadable) if tally.unreadable else ''}\n"
+        f"boxes per class: {summary['boxes_per_class']}\nconfidence histogram: {summary['confidence_histogram']}\n"
+        f"data YAML: {yaml_path}"
+    )
+    return summary
+
+
+def plan_labels(
+    model: str | Path,
+    source: str | Path,
+    out: str | Path | None,
+    conf: float,
+    iou: float,
+    imgsz: int | None,
+    names: str | Path | None,
+    batch: int,
+    val: str | Path | None,
+    val_fraction: float,
+    seed: int,
+    overwrite: bool,
+) -> LabelPlan:
+    """Check every input and decide every path; nothing is written. Arguments as ``label_folder``'s.
+
+    Returns:
+        The plan ``run_teacher`` and ``write_data_yaml`` carry out.
+    """
+    _check_numbers(conf, iou, batch, val_fraction)
+    src = Path(source).resolve()
     if not src.is_dir():
         raise KDConfigError(f"source={source}: not a folder")
     files = image_files(src)
     if not files:
         raise KDConfigError(f"source={source}: no images in it")
-    teacher = load_teacher_model(model)
+    dst = Path(out).resolve() if out is not None else src.with_name(f"{src.name}_labelled")
+    if dst == src or src in dst.parents:
+        raise KDConfigError(f"out={dst}: inside source={source}; give an out= folder outside it")
+    own_val = _own_val(val, src)
+    student_names = _names_file(names) if names is not None else None
+    teacher = load_teacher_model(model)  # refuses files that are not detection checkpoints
     t_names = name_list(teacher.names)
-    if names is not None:
-        s_names = name_list(yaml.safe_load(Path(names).read_text())["names"])
-        keep = {t: s for s, t in class_pairs(s_names, t_names)}
-    else:
-        s_names, keep = t_names, {i: i for i in range(len(t_names))}
     imgsz = int(imgsz or teacher.args.get("imgsz", 640))
     del teacher
+    images = _split(files, src, dst, None if own_val else val_fraction, seed)
+    labels = _label_paths(images, src)
+    if student_names is not None:
+        keep = {t: s for s, t in class_pairs(student_names, t_names)}
+    else:
+        student_names, keep = t_names, {i: i for i in range(len(t_names))}
+    settings = {
+        "source": str(src),
+        "model_sha256": file_sha256(model),
+        "conf": conf,
+        "iou": iou,
+        "imgsz": imgsz,
+        "names": student_names,
+        "val": own_val,
+        "val_fraction": None if own_val else val_fraction,
+        "seed": None if own_val else seed,
+    }
+    resume = _check_out(dst, settings, overwrite)
+    if overwrite and not resume:
+        _check_nothing_stale(dst, {*images.values(), *labels.values()})
+    return LabelPlan(
+        out=dst,
+        settings=settings,
+        images=images,
+        labels=labels,
+        names=student_names,
+        keep=keep,
+        val=own_val or str(dst / "images" / "val"),
+        resume=resume,
+    )
 
+
+def _check_numbers(conf: float, iou: float, batch: int, val_fraction: float) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise KDConfigError(f"batch={batch}: give a whole number of images per inference call, 1 or more")
+    for key, value in (("conf", conf), ("iou", iou)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise KDConfigError(f"{key}={value}: give a number in (0, 1]")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise KDConfigError(f"val_fraction={val_fraction}: give a number in (0, 1), or val=FOLDER of your own")
+
+
+def _names_file(names: str | Path) -> list[str]:
+    """Class names from the student's data YAML (``names:`` as a list or an index -> name mapping)."""
+    data = read_yaml("names", names)
+    found = name_list(data.get("names")) if isinstance(data, dict) else []
+    if not found:
+        raise KDConfigError(f"names={names}: has no 'names' list of classes; give the student's data YAML")
+    return [str(n) for n in found]
+
+
+def _own_val(val: str | Path | None, src: Path) -> str | None:
+    """The user's own validation folder (absolute), refused when it shares images with the source."""
+    if val is None:
+        return None
+    v = Path(val).resolve()
+    if not v.is_dir():
+        raise KDConfigError(f"val={val}: not a folder; give a folder of validation images (with their labels)")
+    if not image_files(v):
+        raise KDConfigError(f"val={val}: no images in it")
+    if v == src or src in v.parents or v in src.parents:
+        raise KDConfigError(f"val={val}: overlaps source={src}; validation images must not be training images")
+    return str(v)
+
+
+def _check_out(dst: Path, settings: dict[str, Any], overwrite: bool) -> bool:
+    """Whether ``out`` is our unfinished or finished dataset with equal settings (resume); refuse foreign folders.
+
+    Returns:
+        True to resume (keep the labels already there), False for a fresh (or explicitly overwritten) dataset.
+    """
+    check_writable("out", dst)
+    if not dst.exists() or not any(dst.iterdir()):
+        return False
+    marker = dst / MARKER
+    recorded = json.loads(marker.read_text()) if marker.is_file() else None
+    if recorded == settings:
+        return True
+    if overwrite:
+        return False
+    if recorded is None:
+        raise KDConfigError(
+            f"out={dst}: exists and is not a dataset yolo-kd labelled; give a new out= folder "
+            "(or overwrite=True to write into it)"
+        )
+    changed = sorted(k for k in settings if recorded.get(k) != settings[k])
+    raise KDConfigError(
+        f"out={dst}: was labelled with other settings ({', '.join(changed)} differ); give a new out= folder "
+        "(or overwrite=True to relabel it)"
+    )
+
+
+def _check_nothing_stale(dst: Path, planned: set[Path]) -> None:
+    """Refuse an overwrite that would leave images or labels of another split or source mixed into the new dataset.
+
+    Args:
+        dst: The ``out`` folder.
+        planned: Every image link and label file this run writes.
+    """
+    stale = sorted(
+        p for sub in ("images", "labels") for p in (dst / sub).rglob("*") if not p.is_dir() and p not in planned
+    )
+    if stale:
+        raise KDConfigError(
+            f"out={dst}: holds {len(stale)} image or label file(s) this run would not replace (e.g. "
+            f"{stale[0].relative_to(dst)}), which would mix into the new dataset; give a new out= folder"
+        )
+
+
+def _split(files: list[Path], src: Path, dst: Path, val_fraction: float | None, seed: int) -> dict[Path, Path]:
+    """Source image -> its link under ``out/images/{train,val}``; the split is seeded (same seed, same split)."""
+    if val_fraction is None:
+        val = set()
+    else:
+        n_val = max(1, round(val_fraction * len(files)))
+        if n_val >= len(files):
+            raise KDConfigError(
+                f"source={src}: {len(files)} image(s) leave none for training after a {val_fraction} validation "
+                "split; add images or give val=FOLDER"
+            )
+        val = set(random.Random(seed).sample(files, n_val))
+    return {f: dst / "images" / ("val" if f in val else "train") / "__".join(f.relative_to(src).parts) for f in files}
+
+
+def _label_paths(images: dict[Path, Path], src: Path) -> dict[Path, Path]:
+    """Source image -> its label file, by Ultralytics' own rule; refuse two images that would share one label."""
     from ultralytics.data.utils import img2label_paths
 
-    # write each label where Ultralytics will look for it: beside the image, or under labels/ for an images/ tree
-    label_of = dict(zip(files, (Path(p) for p in img2label_paths([str(f) for f in files]))))
-    todo = [f for f in files if not label_of[f].exists()]
+    labels = dict(zip(images, (Path(p) for p in img2label_paths([str(p) for p in images.values()]))))
+    seen: dict[Path, Path] = {}
+    for image, label in labels.items():
+        if label in seen:
+            a, b = seen[label].relative_to(src), image.relative_to(src)
+            raise KDConfigError(
+                f"source={src}: {a} and {b} would share one label file ({label.name}); rename or remove one"
+            )
+        seen[label] = image
+    return labels
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name, then move into place: a kill never leaves half a file under ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _link(image: Path, link: Path, resume: bool) -> None:
+    """Link ``link`` to the source image (a copy, moved into place, where the file system has no links).
+
+    Args:
+        image: The source image.
+        link: Its path in the new dataset.
+        resume: The run resumes one with equal settings, so an existing file at ``link`` is this image's copy.
+    """
+    if link.exists() and (resume or os.path.samefile(link, image)):
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
+    try:
+        os.symlink(image, tmp)
+    except OSError:
+        shutil.copy2(image, tmp)
+    os.replace(tmp, link)
+
+
+def _box_lines(result: Any, keep: dict[int, int], tally: LabelTally) -> str:
+    """YOLO label lines for one prediction, teacher classes mapped to the dataset's (unmapped ones dropped)."""
+    lines = []
+    boxes = result.boxes
+    for c, xywhn, p in zip(boxes.cls.tolist(), boxes.xywhn.tolist(), boxes.conf.tolist()):
+        if int(c) not in keep:
+            continue
+        cls = keep[int(c)]
+        lines.append(f"{cls} {xywhn[0]:.6f} {xywhn[1]:.6f} {xywhn[2]:.6f} {xywhn[3]:.6f}\n")
+        tally.counts[cls] += 1
+        tally.confidences.append(p)
+    return "".join(lines)
+
+
+def run_teacher(
+    plan: LabelPlan, model: str | Path, conf: float, iou: float, device: str | None, batch: int
+) -> LabelTally:
+    """Predict every image not yet labelled, write its label, then link the image beside it.
+
+    Args:
+        plan: From ``plan_labels``.
+        model: Teacher checkpoint.
+        conf: Confidence threshold.
+        iou: NMS IoU threshold.
+        device: Inference device.
+        batch: Images per inference call.
+
+    Returns:
+        What was labelled, skipped and unreadable, with box counts and confidences.
+    """
+    import cv2
+    from ultralytics import YOLO
+    from ultralytics.utils import TQDM
+
+    plan.out.mkdir(parents=True, exist_ok=True)
+    if not plan.resume:
+        _write_atomic(plan.out / MARKER, json.dumps(plan.settings, indent=2))
+    tally = LabelTally()
+    todo = []
+    for image in plan.images:
+        if plan.resume and plan.labels[image].is_file():
+            _link(image, plan.images[image], resume=True)
+            tally.skipped += 1
+        else:
+            todo.append(image)
     detector = YOLO(str(model), task="detect")
-    counts: Counter[int] = Counter()
-    confidences: list[float] = []
-    unreadable: list[str] = []
     for i in TQDM(range(0, len(todo), batch), desc="yolo-kd label", total=(len(todo) + batch - 1) // batch):
-        chunk, images = [], []
+        chunk, arrays = [], []
         for f in todo[i : i + batch]:
             im = cv2.imread(str(f))
             if im is None:
-                unreadable.append(str(f))
+                tally.unreadable.append(str(f))
                 continue
             chunk.append(f)
-            images.append(im)
-        if not images:
+            arrays.append(im)
+        if not arrays:
             continue
-        results = detector.predict(images, conf=conf, iou=iou, imgsz=imgsz, device=device, verbose=False)
+        imgsz = plan.settings["imgsz"]
+        results = detector.predict(arrays, conf=conf, iou=iou, imgsz=imgsz, device=device, verbose=False)
         for f, r in zip(chunk, results):
-            lines = []
-            boxes = r.boxes
-            for c, xywhn, p in zip(boxes.cls.tolist(), boxes.xywhn.tolist(), boxes.conf.tolist()):
-                if int(c) not in keep:
-                    continue
-                cls = keep[int(c)]
-                lines.append(f"{cls} {xywhn[0]:.6f} {xywhn[1]:.6f} {xywhn[2]:.6f} {xywhn[3]:.6f}\n")
-                counts[cls] += 1
-                confidences.append(p)
-            label = label_of[f]
-            label.parent.mkdir(parents=True, exist_ok=True)
-            tmp = label.with_suffix(".txt.tmp")
-            tmp.write_text("".join(lines))
-            tmp.replace(label)  # a kill never leaves a half label that resume would trust
+            _write_atomic(plan.labels[f], _box_lines(r, plan.keep, tally))
+            # the image is linked after its label: a linked image never passes for an unlabelled background image
+            _link(f, plan.images[f], plan.resume)
+            tally.labelled += 1
+    return tally
 
-    yaml_path = Path(out) if out else src.parent / f"{src.name}.yaml"
-    data = {"path": str(src.resolve()), "train": ".", "val": ".", "names": dict(enumerate(s_names))}
-    yaml_path.write_text(yaml.safe_dump(data, sort_keys=False))
-    hist, edges = np.histogram(confidences, bins=5, range=(conf, 1.0)) if confidences else (np.zeros(5), None)
-    summary = {
-        "images": len(files),
-        "labelled_now": len(todo) - len(unreadable),
-        "skipped_already_labelled": len(files) - len(todo),
-        "unreadable": unreadable,
-        "boxes_per_class": {s_names[c]: n for c, n in sorted(counts.items())},
-        "confidence_histogram": {f"{edges[k]:.2f}-{edges[k + 1]:.2f}": int(hist[k]) for k in range(len(hist))}
-        if edges is not None
-        else {},
+
+def write_data_yaml(plan: LabelPlan) -> Path:
+    """Write ``out/data.yaml`` last, so a dataset under its final name is always complete.
+
+    Args:
+        plan: From ``plan_labels``.
+
+    Returns:
+        The data YAML's path.
+    """
+    data = {
+        "path": str(plan.out),
+        "train": "images/train",
+        "val": plan.val,
+        "names": dict(enumerate(plan.names)),
+    }
+    path = plan.out / "data.yaml"
+    _write_atomic(path, yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _summary(plan: LabelPlan, tally: LabelTally, conf: float, yaml_path: Path) -> dict[str, Any]:
+    if tally.confidences:
+        hist, edges = np.histogram(tally.confidences, bins=5, range=(conf, 1.0))
+        histogram = {f"{edges[k]:.2f}-{edges[k + 1]:.2f}": int(hist[k]) for k in range(len(hist))}
+    else:
+        histogram = {}
+    splits = Counter(link.parent.relative_to(plan.out / "images").parts[0] for link in plan.images.values())
+    return {
+        "images": len(plan.images),
+        "labelled_now": tally.labelled,
+        "skipped_already_labelled": tally.skipped,
+        "unreadable": tally.unreadable,
+        "train_images": splits["train"],
+        "val_images": splits["val"],  # 0 when val= names the user's own folder
+        "val": plan.val,
+        "boxes_per_class": {plan.names[c]: n for c, n in sorted(tally.counts.items())},
+        "confidence_histogram": histogram,
+        "out": str(plan.out),
         "yaml": str(yaml_path),
     }
-    LOGGER.info(
-        f"yolo-kd label: {summary['labelled_now']} images labelled, {summary['skipped_already_labelled']} already "
-        f"labelled, {len(unreadable)} unreadable{': ' + ', '.join(unreadable) if unreadable else ''}\n"
-        f"boxes per class: {summary['boxes_per_class']}\nconfidence histogram: {summary['confidence_histogram']}\n"
-        f"data YAML: {yaml_path}"
-    )
-    return summary
