@@ -81,3 +81,68 @@ def test_bad_requests_are_refused_in_one_line(student: Path, data_yaml: str, cap
     )
     if not __import__("torch").cuda.is_available():
         assert "needs a CUDA GPU" in _refused([f"model={student}", "format=engine"], folder, capsys)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("interrupt", [RuntimeError("exporter broke"), KeyboardInterrupt()])
+def test_a_failed_export_leaves_the_folder_as_it_was(
+    student: Path, data_yaml: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, interrupt
+) -> None:
+    from ultralytics.engine.model import Model
+
+    earlier = student.with_suffix(".onnx")
+    earlier.write_bytes(b"the earlier, good export")
+    meanwhile = student.parent / "epoch7.pt"
+
+    def half_export(self: Model, **kwargs) -> str:
+        Path(self.ckpt_path).with_suffix(".onnx").write_bytes(b"half an export")
+        meanwhile.write_bytes(b"written by a training run in the same folder meanwhile")
+        raise interrupt
+
+    monkeypatch.setattr(Model, "export", half_export)
+    before = _files(student.parent)
+    argv = ["export", f"model={student}", "format=onnx", f"data={data_yaml}", "overwrite=True"]
+    if isinstance(interrupt, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            main(argv)
+    else:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "export to onnx failed: exporter broke" in err
+    after = _files(student.parent)
+    assert after.pop("epoch7.pt") == meanwhile.read_bytes()  # another writer's file stays
+    assert after == before  # the earlier export untouched, nothing half-made left, no private folder left
+    assert sorted(p.name for p in student.parent.iterdir()) == sorted([*before, "epoch7.pt"])
+
+
+def test_an_earlier_export_is_replaced_only_when_asked(
+    student: Path, data_yaml: str, capsys: pytest.CaptureFixture
+) -> None:
+    earlier = student.with_suffix(".onnx")
+    earlier.write_bytes(b"the earlier export")
+    err = _refused([f"model={student}", "format=onnx", f"data={data_yaml}"], student.parent, capsys)
+    assert f"{earlier} exists" in err and "overwrite=True" in err
+
+
+def test_a_failed_verification_keeps_its_report_and_nothing_else(
+    student: Path, data_yaml: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("export extra not installed (pip install -e .[export]); CI installs it")
+    import yolo_kd.export
+
+    monkeypatch.setattr(yolo_kd.export, "FP32_TOLERANCE", -1.0)  # every export now fails its mAP check
+    before = set(student.parent.iterdir())
+    assert main(["export", f"model={student}", "format=onnx", f"data={data_yaml}", "runs=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing replaced" in err
+    new = {p.name for p in set(student.parent.iterdir()) - before}
+    assert new == {"student_onnx_export_report_failed.json", "student_onnx_export_report_failed.md"}
+    report = json.loads((student.parent / "student_onnx_export_report_failed.json").read_text())
+    assert report["passed"] is False and "FAIL" in (student.parent / "student_onnx_export_report_failed.md").read_text()
+    # a second failure keeps both reports
+    assert main(["export", f"model={student}", "format=onnx", f"data={data_yaml}", "runs=1"]) == 2
+    assert (student.parent / "student_onnx_export_report_failed2.json").is_file()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from .config import KDConfigError
+from .inputs import check_writable, read_checkpoint
 
 # Python modules each edge format needs, checked before exporting so nothing is installed behind the user's back.
 FORMAT_MODULES: dict[str, tuple[str, ...]] = {
@@ -134,6 +138,45 @@ def wall_seconds(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+@dataclass
+class Verification:
+    """What one verification compares: the checkpoint and its export, both in the private export folder.
+
+    Attributes:
+        pt: The checkpoint (the private copy).
+        exported: The exported model (file or folder) beside it.
+        fmt: Ultralytics' format name.
+        imgsz: Export and validation image size.
+        half: fp16 export.
+        int8: int8 export.
+        data: The data YAML validated on.
+        data_dict: That YAML as Ultralytics resolved it.
+        runs: Latency repetitions over the fixed images.
+        batch: PyTorch validation batch size (exported models validate at batch 1).
+    """
+
+    pt: Path
+    exported: Path
+    fmt: str
+    imgsz: int
+    half: bool
+    int8: bool
+    data: str
+    data_dict: dict
+    runs: int
+    batch: int
+
+    @property
+    def precision(self) -> str:
+        """int8, fp16 or fp32."""
+        return precision_name(self.half, self.int8)
+
+    @property
+    def device(self) -> torch.device:
+        """TensorRT engines run on the GPU only; every other format on the CPU, as an edge board would run it."""
+        return torch.device("cuda", 0) if self.fmt == "engine" else torch.device("cpu")
+
+
 def export_and_verify(
     model: str | Path,
     format: str = "onnx",
@@ -144,111 +187,180 @@ def export_and_verify(
     device: str | None = None,
     runs: int = 20,
     batch: int = 8,
+    overwrite: bool = False,
     **export_kwargs: Any,
 ) -> dict[str, Any]:
-    """Export ``model`` with Ultralytics, verify the result, write the reports; return the report dict."""
+    """Export ``model`` with Ultralytics, verify the result, put the files in place; return the report dict.
+
+    Everything is made in a private temporary folder beside the checkpoint (the checkpoint is copied there) and only
+    finished, verified files are moved beside the checkpoint, so a failure or interrupt at any point leaves the folder
+    exactly as it was. A failed verification keeps its report, as ``<report>_failed.{json,md}``.
+
+    Args:
+        model: A checkpoint, or a run folder (its ``weights/best.pt``).
+        format: Ultralytics' export format.
+        imgsz: Export size (default: the training size recorded in the checkpoint).
+        half: fp16 export.
+        int8: int8 export (needs ``data``).
+        data: Data YAML to validate on (default: the one recorded in the checkpoint).
+        device: Export device.
+        runs: Latency repetitions.
+        batch: PyTorch validation batch size.
+        overwrite: Replace an earlier export and report of the same names (only once the new one passed).
+        **export_kwargs: Further Ultralytics export arguments.
+
+    Returns:
+        The verification report.
+    """
     from ultralytics import YOLO
     from ultralytics.data.utils import check_det_dataset
 
     pt = resolve_checkpoint(model)
-    try:
-        ckpt = torch.load(pt, map_location="cpu", weights_only=False)
-        train_args = ckpt.get("train_args", {}) if isinstance(ckpt, dict) else {}
-        assert isinstance(ckpt, dict) and (ckpt.get("ema") or ckpt.get("model")) is not None
-    except Exception:
-        raise ExportError(f"model={model}: not an Ultralytics checkpoint") from None
+    train_args = read_checkpoint("model", pt).get("train_args") or {}
     # int8 calibrates on images the user names; fp32/fp16 verification may fall back to the training data
     check_request(format, int8, data, device)
     data = data or train_args.get("data")
     imgsz = int(imgsz or train_args.get("imgsz") or 640)
     if not data:
         raise ExportError("no validation data to verify against: pass data=path/to/data.yaml")
-
-    before = set(pt.parent.iterdir())
+    check_writable("model", pt.parent)
+    base = report_base(pt, format, precision_name(half, int8))
+    _check_free([pt.parent / f"{pt.stem}{formats()[format]}", pt.parent / f"{base}.json"], overwrite)
+    work = Path(tempfile.mkdtemp(prefix=".yolo_kd_export_", dir=pt.parent))
     try:
+        copy = work / pt.name
+        shutil.copy2(pt, copy)
         exported = Path(
-            YOLO(str(pt)).export(
+            YOLO(str(copy)).export(
                 format=format, imgsz=imgsz, half=half, int8=int8, data=data, device=device, **export_kwargs
             )
         )
-        report = _verify(pt, exported, format, imgsz, half, int8, data, runs, batch, check_det_dataset(data))
+        final = pt.parent / exported.name
+        _check_free([final], overwrite)
+        v = Verification(copy, exported, format, imgsz, half, int8, data, check_det_dataset(data), runs, batch)
+        report = verify(v, pt, final)
+        _place(report, exported, final, work)
+    except KDConfigError:
+        raise
     except Exception as e:
-        for p in set(pt.parent.iterdir()) - before:  # leave nothing half-made behind
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        if isinstance(e, KDConfigError):
-            raise
         reason = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
         raise ExportError(f"export to {format} failed: {reason}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the private folder: whatever it still holds is this run's
+    if not report["passed"]:
+        m = report["mAP50-95"]
+        raise ExportError(
+            f"{format} export loses {100 * m['drop']:.2f} mAP50-95 points against the PyTorch student "
+            f"({m['exported']:.4f} vs {m['pytorch']:.4f}; fp32 allows {100 * FP32_TOLERANCE:.1f}); "
+            f"nothing replaced, report: {report['report_md']}"
+        )
     return report
 
 
-def _verify(
-    pt: Path,
-    exported: Path,
-    fmt: str,
-    imgsz: int,
-    half: bool,
-    int8: bool,
-    data: str,
-    runs: int,
-    batch: int,
-    data_dict: dict,
-) -> dict[str, Any]:
+def precision_name(half: bool, int8: bool) -> str:
+    """The precision an export runs in: int8, fp16 or fp32."""
+    return "int8" if int8 else "fp16" if half else "fp32"
+
+
+def report_base(pt: Path, fmt: str, precision: str) -> str:
+    """The export reports' file name, without extension, for checkpoint ``pt``."""
+    return f"{pt.stem}_{fmt}{'_' + precision if precision != 'fp32' else ''}_export_report"
+
+
+def _check_free(paths: list[Path], overwrite: bool) -> None:
+    """Refuse to replace an earlier export or report unless ``overwrite`` was given."""
+    taken = [p for p in paths if p.exists()]
+    if taken and not overwrite:
+        raise ExportError(
+            f"{taken[0]} exists (an earlier export); give overwrite=True to replace it once the new export passes"
+        )
+
+
+def _mean_ap(v: Verification, weights: Path) -> float:
+    """mAP50-95 of ``weights`` on the validation data, at the fixed export size, through Ultralytics' backend."""
     from ultralytics import YOLO
 
-    # TensorRT engines run on the GPU only; every other format is verified on the CPU, as an edge board would run it
-    device = torch.device("cuda", 0) if fmt == "engine" else torch.device("cpu")
+    m = YOLO(str(weights), task="detect").val(
+        data=v.data,
+        imgsz=v.imgsz,
+        batch=v.batch if weights.suffix == ".pt" else 1,
+        device="0" if v.device.type == "cuda" else "cpu",
+        rect=False,  # exported models run at the fixed export size; PyTorch must see the very same inputs
+        plots=False,
+        verbose=False,
+        half=False,
+        project=str(v.pt.parent / "export_val"),  # inside the private folder, removed with it
+        name=weights.stem,
+        exist_ok=True,
+    )
+    return float(m.box.map)
 
-    def mean_ap(weights: Path) -> float:
-        m = YOLO(str(weights), task="detect").val(
-            data=data,
-            imgsz=imgsz,
-            batch=batch if weights.suffix == ".pt" else 1,
-            device="0" if device.type == "cuda" else "cpu",
-            rect=False,  # exported models run at the fixed export size; PyTorch must see the very same inputs
-            plots=False,
-            verbose=False,
-            half=False,
-            project=str(exported.parent / "export_val"),
-            name=weights.stem,
-            exist_ok=True,
-        )
-        return float(m.box.map)
 
-    images = _fixed_images(data_dict, imgsz)
-    ref, ref_ms = _raw_outputs_and_latency(pt, images, runs, device)
-    out, out_ms = _raw_outputs_and_latency(exported, images, runs, device, fp16=half and fmt == "engine")
+def verify(v: Verification, model: Path, final: Path) -> dict[str, Any]:
+    """Compare the export with the checkpoint.
+
+    Args:
+        v: What to compare.
+        model: The user's checkpoint, and ``final`` where the export will be moved: the paths the report names.
+
+    Returns:
+        The report (``passed`` False when an fp32 export loses more than ``FP32_TOLERANCE`` mAP50-95).
+    """
+    images = _fixed_images(v.data_dict, v.imgsz)
+    ref, ref_ms = _raw_outputs_and_latency(v.pt, images, v.runs, v.device)
+    out, out_ms = _raw_outputs_and_latency(v.exported, images, v.runs, v.device, fp16=v.half and v.fmt == "engine")
     max_diff = max(float((a - b).abs().max()) for a, b in zip(ref, out))
-    map_pt, map_ex = mean_ap(pt), mean_ap(exported)
-    shutil.rmtree(exported.parent / "export_val", ignore_errors=True)
-    precision = "int8" if int8 else "fp16" if half else "fp32"
-    report = {
-        "model": str(pt),
-        "exported": str(exported),
-        "format": fmt,
-        "precision": precision,
-        "imgsz": imgsz,
-        "data": data,
+    map_pt, map_ex = _mean_ap(v, v.pt), _mean_ap(v, v.exported)
+    return {
+        "model": str(model),
+        "exported": str(final),
+        "format": v.fmt,
+        "precision": v.precision,
+        "imgsz": v.imgsz,
+        "data": v.data,
         "mAP50-95": {"pytorch": map_pt, "exported": map_ex, "drop": map_pt - map_ex},
         "max_abs_output_diff": max_diff,
-        "size_mb": {"pytorch": _size_mb(pt), "exported": _size_mb(exported)},
+        "size_mb": {"pytorch": _size_mb(v.pt), "exported": _size_mb(v.exported)},
         "latency_ms_median": {"pytorch": ref_ms, "exported": out_ms},
-        "latency_device": str(device),
+        "latency_device": str(v.device),
         "images_compared": len(images),
-        "passed": precision != "fp32" or map_pt - map_ex <= FP32_TOLERANCE,
+        "passed": v.precision != "fp32" or map_pt - map_ex <= FP32_TOLERANCE,
     }
-    base = exported.parent / f"{pt.stem}_{fmt}{'_' + precision if precision != 'fp32' else ''}_export_report"
-    md = report_markdown(report)
-    Path(f"{base}.json").write_text(json.dumps(report, indent=2))
-    Path(f"{base}.md").write_text(md)
-    report["report_md"], report["report_json"] = f"{base}.md", f"{base}.json"
-    print(md)
+
+
+def _place(report: dict[str, Any], exported: Path, final: Path, work: Path) -> None:
+    """Write the reports, then move them and a passed export from the private folder beside the checkpoint.
+
+    A failed export stays behind (it is removed with the private folder); its reports are kept under the first free
+    name ``<report>_failed``, ``<report>_failed2``, ..., so they never replace another report.
+
+    Args:
+        report: From ``verify``; its report paths are added here.
+        exported: The export in the private folder.
+        final: Where a passed export goes.
+        work: The private folder.
+    """
+    model = Path(report["model"])
+    base = report_base(model, report["format"], report["precision"])
     if not report["passed"]:
-        raise ExportError(
-            f"{fmt} export loses {100 * (map_pt - map_ex):.2f} mAP50-95 points against the PyTorch student "
-            f"({map_ex:.4f} vs {map_pt:.4f}; fp32 allows {100 * FP32_TOLERANCE:.1f})"
-        )
-    return report
+        report["exported"] += " (failed verification, not kept)"
+        n, failed = 1, f"{base}_failed"
+        while any((model.parent / f"{failed}{ext}").exists() for ext in (".md", ".json")):
+            n += 1
+            failed = f"{base}_failed{n}"
+        base = failed
+    report["report_md"], report["report_json"] = f"{model.parent / base}.md", f"{model.parent / base}.json"
+    md = report_markdown(report)
+    (work / f"{base}.md").write_text(md)
+    (work / f"{base}.json").write_text(json.dumps(report, indent=2))
+    moves = [(work / f"{base}.md", Path(report["report_md"])), (work / f"{base}.json", Path(report["report_json"]))]
+    if report["passed"]:
+        moves.insert(0, (exported, final))
+    for src, dst in moves:
+        if dst.is_dir():  # a folder format (OpenVINO, ...) replaced with overwrite=True: set the old one aside first
+            os.replace(dst, work / f".old_{dst.name}")
+        os.replace(src, dst)
+    print(md)
 
 
 def report_markdown(r: dict[str, Any]) -> str:
