@@ -9,6 +9,8 @@ import pytest
 
 from yolo_kd.cli import main
 
+from .conftest import IMGSZ
+
 
 def test_demo_writes_report_plot_and_export(tmp_path: Path) -> None:
     if importlib.util.find_spec("onnx") is None:
@@ -32,8 +34,55 @@ def test_demo_writes_report_plot_and_export(tmp_path: Path) -> None:
     assert "distilled student started from the teacher's weights" in report  # yolov8s -> yolov8n: same layers
     assert (project / "report.png").stat().st_size > 10_000
     assert (project / "distilled" / "weights" / "best.onnx").stat().st_size > 1_000_000
-    # second run reuses the cached teacher instead of training it again
+    # a second run over the first one's results is refused unless asked for ...
+    assert main(argv) == 2
+    # ... and then reuses the cached teacher (its run finished with these settings) instead of training it again
     teacher = next(project.glob("teacher_*/weights/best.pt"))
     mtime = teacher.stat().st_mtime
-    assert main(argv) == 0
+    assert main([*argv, "overwrite=True"]) == 0
     assert teacher.stat().st_mtime == mtime
+
+
+def _cached(project: Path, checkpoint: dict) -> Path:
+    """Put ``checkpoint`` where the demo caches its teacher for the settings of ``_settings``."""
+    import torch
+
+    best = project / "teacher_yolov8s_e1_64" / "weights" / "best.pt"
+    best.parent.mkdir(parents=True)
+    torch.save(checkpoint, best)
+    return best
+
+
+def _settings(project: Path, **overrides: object) -> tuple[dict, dict]:
+    from yolo_kd.demo import DEFAULTS
+
+    cfg = {**DEFAULTS, "teacher_epochs": 1, "imgsz": IMGSZ, "batch": 8, **overrides}
+    common = dict(imgsz=IMGSZ, batch=8, device="cpu", workers=0, plots=False, project=str(project))
+    return cfg, common
+
+
+def test_demo_reuses_a_teacher_only_when_its_run_finished_with_these_settings(
+    data_yaml: str, teacher_pt: str, tmp_path: Path
+) -> None:
+    import torch
+
+    from yolo_kd.demo import demo_teacher, teacher_mismatch
+
+    finished = torch.load(teacher_pt, map_location="cpu", weights_only=False)  # a 1-epoch run that completed
+    project = tmp_path / "finished"
+    best = _cached(project, finished)
+    cfg, common = _settings(project)
+    assert demo_teacher(cfg, data_yaml, project, common) == (str(best), "reused")
+    want = {"model": "yolov8s.yaml", "epochs": 1, "imgsz": IMGSZ, "data": data_yaml, "seed": 1}
+    assert teacher_mismatch(best, want) == "it was trained with seed=0, not 1"
+
+    killed = {**finished, "epoch": 0, "optimizer": {"state": {}}}  # what a run killed after its first epoch leaves
+    project = tmp_path / "killed"
+    best = _cached(project, killed)
+    before = best.read_bytes()
+    cfg, common = _settings(project)
+    assert "did not finish" in teacher_mismatch(best, {**want, "seed": 0})
+    path, how = demo_teacher(cfg, data_yaml, project, common)
+    assert how == "trained" and path == str(project / "teacher_yolov8s_e1_64_2" / "weights" / "best.pt")
+    assert Path(path).is_file() and best.read_bytes() == before  # the unfinished run is left as it was
+    assert demo_teacher(cfg, data_yaml, project, common) == (path, "reused")

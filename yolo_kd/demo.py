@@ -1,8 +1,9 @@
 """``yolo-kd demo``: the whole job offline, from a generated dataset to a report.
 
-dataset (generated if missing) -> teacher (trained once, then reused) -> baseline and distilled students (same seed,
-epochs, settings) -> validation of all three -> ONNX export of the distilled student (when the export extra is
-installed) -> ``report.md`` and ``report.png`` in the project folder.
+dataset (generated once per size, then reused) -> teacher (trained once, then reused only when its run finished with
+the same settings) -> baseline and distilled students (same seed, epochs, settings) -> validation of all three -> ONNX
+export of the distilled student (when the export extra is installed) -> ``report.md`` and ``report.png`` in the project
+folder. A project folder holding an earlier demo's results is redone only with ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,10 @@ from typing import Any
 from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
+from .config import KDConfigError
 from .dataset import make_dataset
+from .files import write_text_atomic
+from .inputs import check_writable, read_checkpoint
 from .trainer import KDDetectionTrainer
 
 DEFAULTS: dict[str, Any] = {
@@ -35,7 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "data_root": "datasets",
     "device": None,
     "seed": 0,
+    "overwrite": False,
 }
+# What a demo writes in its project folder (besides val_* and cached teacher_* runs).
+DEMO_OUTPUTS = ("baseline", "distilled", "report.md", "report.png", "report.json")
 
 
 def _stage(i: int, n: int, text: str) -> None:
@@ -58,79 +66,157 @@ def _metrics(model: YOLO, data: str, imgsz: int, batch: int, device: Any, projec
 
 
 def run_demo(**overrides: Any) -> Path:
-    """Run the demo; returns the path of ``report.md``. Keys: see ``DEFAULTS``."""
+    """Run the demo; returns the path of ``report.md``.
+
+    Args:
+        **overrides: Keys of ``DEFAULTS``; anything else is refused in one line before anything is written.
+
+    Returns:
+        The report's path.
+    """
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
-        from .config import KDConfigError
-
         raise KDConfigError(f"unknown demo key(s) {unknown}; valid: {sorted(DEFAULTS)}")
     cfg = {**DEFAULTS, **overrides}
     project = Path(cfg["project"]).resolve()
+    check_writable("project", project)
+    _check_project(project, cfg["overwrite"])
     project.mkdir(parents=True, exist_ok=True)
-    imgsz, batch, device, seed = cfg["imgsz"], cfg["batch"], cfg["device"], cfg["seed"]
-    common = dict(imgsz=imgsz, batch=batch, device=device, workers=0, plots=False, project=str(project), exist_ok=True)
+    common = dict(
+        imgsz=cfg["imgsz"], batch=cfg["batch"], device=cfg["device"], workers=0, plots=False, project=str(project)
+    )
     n, t0 = 6, time.time()
 
     _stage(1, n, "dataset")
-    name = f"kdshapes_{imgsz}"
-    data = Path(cfg["data_root"]) / f"{name}.yaml"
-    if not (data.is_file() and (Path(cfg["data_root"]) / name / "images" / "val").is_dir()):
-        data = make_dataset(cfg["data_root"], name, cfg["n_train"], cfg["n_val"], imgsz, seed=0)
-    else:
-        LOGGER.info(f"reusing {data}")
-    data = str(data)
-
+    name = f"kdshapes_{cfg['n_train']}_{cfg['n_val']}_{cfg['imgsz']}"  # one dataset per size, each reused as made
+    data = str(make_dataset(cfg["data_root"], name, cfg["n_train"], cfg["n_val"], cfg["imgsz"], seed=0))
     _stage(2, n, "teacher")
-    teacher = cfg["teacher"]
-    if teacher is None:
-        tname = f"teacher_{Path(cfg['teacher_model']).stem}_e{cfg['teacher_epochs']}_{imgsz}"
-        teacher = str(project / tname / "weights" / "best.pt")
-        if Path(teacher).is_file():
-            LOGGER.info(f"reusing cached teacher {teacher}")
-        else:
-            YOLO(cfg["teacher_model"]).train(data=data, epochs=cfg["teacher_epochs"], seed=seed, name=tname, **common)
-
-    _stage(3, n, "baseline student (no distillation)")
-    baseline = YOLO(cfg["student"])
-    baseline.train(data=data, epochs=cfg["epochs"], seed=seed, name="baseline", **common)
-
-    _stage(4, n, f"distilled student (kd={cfg['kd']})")
-    distilled = YOLO(cfg["student"])
-    distilled.train(
-        trainer=KDDetectionTrainer,
-        data=data,
-        teacher=teacher,
-        kd=cfg["kd"],
-        epochs=cfg["epochs"],
-        seed=seed,
-        name="distilled",
-        **common,
-    )
-
-    cfg = {**cfg, "student_init": distilled.trainer.student_init}
-
+    teacher, _ = demo_teacher(cfg, data, project, common)
+    cfg = {**cfg, "student_init": _train_students(cfg, data, teacher, common, n)}
     _stage(5, n, "validation of teacher, baseline and distilled student")
-    results = {
-        "teacher": _metrics(YOLO(teacher), data, imgsz, batch, device, project, "val_teacher"),
-        "baseline": _metrics(
-            YOLO(str(project / "baseline/weights/best.pt")), data, imgsz, batch, device, project, "val_baseline"
-        ),
-        "distilled": _metrics(
-            YOLO(str(project / "distilled/weights/best.pt")), data, imgsz, batch, device, project, "val_distilled"
-        ),
+    weights = {
+        "teacher": teacher,
+        "baseline": str(project / "baseline/weights/best.pt"),
+        "distilled": str(project / "distilled/weights/best.pt"),
     }
-
+    results = {
+        k: _metrics(YOLO(w), data, cfg["imgsz"], cfg["batch"], cfg["device"], project, f"val_{k}")
+        for k, w in weights.items()
+    }
     _stage(6, n, "export of the distilled student")
-    exported = None
-    if importlib.util.find_spec("onnx") is not None:
-        exported = YOLO(str(project / "distilled/weights/best.pt")).export(format="onnx", imgsz=imgsz, device="cpu")
-    else:
-        LOGGER.info("ONNX export skipped: install the export extra (pip install -e .[export]) to enable it")
-
-    minutes = (time.time() - t0) / 60
-    report = write_report(project, results, cfg, teacher, exported, minutes)
+    exported = _export(weights["distilled"], cfg["imgsz"])
+    report = write_report(project, results, cfg, teacher, exported, (time.time() - t0) / 60)
     LOGGER.info(report.read_text())
     return report
+
+
+def _train_students(cfg: dict[str, Any], data: str, teacher: str, common: dict[str, Any], n: int) -> str:
+    """Train the baseline and the distilled student (stages 3 and 4) with the same seed, epochs and settings.
+
+    Returns:
+        How the distilled student started (its trainer's ``student_init``).
+    """
+    _stage(3, n, "baseline student (no distillation)")
+    runs = dict(data=data, epochs=cfg["epochs"], seed=cfg["seed"], exist_ok=True, **common)
+    YOLO(cfg["student"]).train(name="baseline", **runs)
+    _stage(4, n, f"distilled student (kd={cfg['kd']})")
+    distilled = YOLO(cfg["student"])
+    distilled.train(trainer=KDDetectionTrainer, teacher=teacher, kd=cfg["kd"], name="distilled", **runs)
+    return distilled.trainer.student_init
+
+
+def _check_project(project: Path, overwrite: bool) -> None:
+    """Refuse to redo a demo over an earlier one's results unless ``overwrite=True`` (cached teachers are kept)."""
+    earlier = sorted(
+        p.name
+        for p in (project.iterdir() if project.is_dir() else [])
+        if p.name in DEMO_OUTPUTS or p.name.startswith("val_")
+    )
+    if earlier and not overwrite:
+        raise KDConfigError(
+            f"project={project}: holds an earlier demo ({', '.join(earlier)}); give overwrite=True to redo it there "
+            "(its finished teachers are reused, never rewritten) or another project="
+        )
+
+
+def teacher_mismatch(best: Path, want: dict[str, Any]) -> str | None:
+    """Why the teacher checkpoint ``best`` may not be reused for ``want``; None when it may.
+
+    A teacher is reused only when its run finished (Ultralytics' final step strips the optimizer and records epoch
+    -1) and it was trained with the requested settings.
+
+    Args:
+        best: A cached teacher's ``weights/best.pt``.
+        want: The requested ``model``, ``epochs``, ``imgsz``, ``data`` and ``seed``.
+
+    Returns:
+        The reason in a few words, or None.
+    """
+    if not best.is_file():
+        return "it has no weights/best.pt (its run stopped before the first epoch ended)"
+    try:
+        ckpt = read_checkpoint("teacher", best)
+    except KDConfigError as e:
+        return str(e)
+    if ckpt.get("epoch") != -1 or ckpt.get("optimizer") is not None:
+        done = int(ckpt.get("epoch") or 0) + 1
+        return f"its run did not finish (stopped after epoch {done} of {want['epochs']})"
+    recorded = ckpt.get("train_args") or {}
+    for key, value in want.items():
+        got = recorded.get(key)
+        same = Path(str(got)).resolve() == Path(str(value)).resolve() if key == "data" else got == value
+        if not same:
+            return f"it was trained with {key}={got}, not {value}"
+    return None
+
+
+def demo_teacher(cfg: dict[str, Any], data: str, project: Path, common: dict[str, Any]) -> tuple[str, str]:
+    """The demo's teacher: the one given, a finished cached one with these settings, or a newly trained one.
+
+    A cached teacher run that did not finish, or was trained otherwise, is left as it is: the new teacher trains in
+    the next free folder (``<name>_2``, ``<name>_3``, ...), and the log says which teacher was used and why.
+
+    Args:
+        cfg: The demo settings.
+        data: The data YAML.
+        project: The demo's project folder.
+        common: Ultralytics train arguments shared by every run of the demo.
+
+    Returns:
+        The teacher checkpoint and how it was obtained: ``given``, ``reused`` or ``trained``.
+    """
+    if cfg["teacher"] is not None:
+        return str(cfg["teacher"]), "given"
+    want = {
+        "model": cfg["teacher_model"],
+        "epochs": cfg["teacher_epochs"],
+        "imgsz": cfg["imgsz"],
+        "data": data,
+        "seed": cfg["seed"],
+    }
+    base = f"teacher_{Path(cfg['teacher_model']).stem}_e{cfg['teacher_epochs']}_{cfg['imgsz']}"
+    name, k = base, 1
+    while (project / name).exists():
+        best = project / name / "weights" / "best.pt"
+        why = teacher_mismatch(best, want)
+        if why is None:
+            LOGGER.info(f"reusing cached teacher {best}: its run finished with these settings")
+            return str(best), "reused"
+        k += 1
+        LOGGER.info(f"not reusing cached teacher {project / name}: {why}; training a new one in {base}_{k}")
+        name = f"{base}_{k}"
+    YOLO(cfg["teacher_model"]).train(
+        data=data, epochs=cfg["teacher_epochs"], seed=cfg["seed"], name=name, exist_ok=False, **common
+    )
+    return str(project / name / "weights" / "best.pt"), "trained"
+
+
+def _export(weights: str, imgsz: int) -> str | None:
+    """ONNX export of the distilled student beside its weights, when the export extra is installed."""
+    if importlib.util.find_spec("onnx") is None:
+        LOGGER.info("ONNX export skipped: install the export extra (pip install -e .[export]) to enable it")
+        return None
+    return YOLO(weights).export(format="onnx", imgsz=imgsz, device="cpu")
 
 
 def _read_csv(path: Path) -> dict[str, list[float]]:
@@ -168,8 +254,8 @@ def write_report(project: Path, results: dict, cfg: dict, teacher: str, exported
         "",
         "![report](report.png)",
     ]
-    (project / "report.md").write_text("\n".join(lines) + "\n")
-    (project / "report.json").write_text(json.dumps(results, indent=2))
+    write_text_atomic(project / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(project / "report.json", json.dumps(results, indent=2))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     names = list(results)
@@ -201,6 +287,8 @@ def write_report(project: Path, results: dict, cfg: dict, teacher: str, exported
     for ax in axes[1:]:
         ax.set_xlabel("epoch")
     fig.tight_layout()
-    fig.savefig(project / "report.png", dpi=100)
+    tmp = project / f".report.png.tmp{os.getpid()}"
+    fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+    os.replace(tmp, project / "report.png")  # never half a plot under the final name
     return project / "report.md"

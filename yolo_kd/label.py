@@ -30,6 +30,7 @@ import yaml
 from .classes import class_pairs, name_list
 from .config import KDConfigError
 from .dataset import image_files
+from .files import write_text_atomic
 from .inputs import check_writable, read_yaml
 from .teacher import file_sha256, load_teacher_model
 
@@ -302,14 +303,6 @@ def _label_paths(images: dict[Path, Path], src: Path) -> dict[Path, Path]:
     return labels
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name, then move into place: a kill never leaves half a file under ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _link(image: Path, link: Path, resume: bool) -> None:
     """Link ``link`` to the source image (a copy, moved into place, where the file system has no links).
 
@@ -365,7 +358,7 @@ def run_teacher(
 
     plan.out.mkdir(parents=True, exist_ok=True)
     if not plan.resume:
-        _write_atomic(plan.out / MARKER, json.dumps(plan.settings, indent=2))
+        write_text_atomic(plan.out / MARKER, json.dumps(plan.settings, indent=2))
     tally = LabelTally()
     todo = []
     for image in plan.images:
@@ -389,7 +382,7 @@ def run_teacher(
         imgsz = plan.settings["imgsz"]
         results = detector.predict(arrays, conf=conf, iou=iou, imgsz=imgsz, device=device, verbose=False)
         for f, r in zip(chunk, results):
-            _write_atomic(plan.labels[f], _box_lines(r, plan.keep, tally))
+            write_text_atomic(plan.labels[f], _box_lines(r, plan.keep, tally))
             # the image is linked after its label: a linked image never passes for an unlabelled background image
             _link(f, plan.images[f], plan.resume)
             tally.labelled += 1
@@ -412,7 +405,7 @@ def write_data_yaml(plan: LabelPlan) -> Path:
         "names": dict(enumerate(plan.names)),
     }
     path = plan.out / "data.yaml"
-    _write_atomic(path, yaml.safe_dump(data, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 
