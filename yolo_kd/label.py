@@ -38,6 +38,25 @@ MARKER = ".yolo_kd_label.json"
 
 
 @dataclass
+class LabelRequest:
+    """What ``label_folder`` was asked for (its arguments, documented there)."""
+
+    model: str | Path
+    source: str | Path
+    out: str | Path | None
+    conf: float
+    iou: float
+    imgsz: int | None
+    names: str | Path | None
+    device: str | None
+    batch: int
+    val: str | Path | None
+    val_fraction: float
+    seed: int
+    overwrite: bool
+
+
+@dataclass
 class LabelPlan:
     """Everything decided before the first file is written.
 
@@ -114,8 +133,23 @@ def label_folder(
     """
     from ultralytics.utils import LOGGER
 
-    plan = plan_labels(model, source, out, conf, iou, imgsz, names, batch, val, val_fraction, seed, overwrite)
-    tally = run_teacher(plan, model, conf, iou, device, batch)
+    req = LabelRequest(
+        model=model,
+        source=source,
+        out=out,
+        conf=conf,
+        iou=iou,
+        imgsz=imgsz,
+        names=names,
+        device=device,
+        batch=batch,
+        val=val,
+        val_fraction=val_fraction,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    plan = plan_labels(req)
+    tally = run_teacher(plan, req)
     yaml_path = write_data_yaml(plan)
     summary = _summary(plan, tally, conf, yaml_path)
     LOGGER.info(
@@ -128,71 +162,62 @@ def label_folder(
     return summary
 
 
-def plan_labels(
-    model: str | Path,
-    source: str | Path,
-    out: str | Path | None,
-    conf: float,
-    iou: float,
-    imgsz: int | None,
-    names: str | Path | None,
-    batch: int,
-    val: str | Path | None,
-    val_fraction: float,
-    seed: int,
-    overwrite: bool,
-) -> LabelPlan:
-    """Check every input and decide every path; nothing is written. Arguments as ``label_folder``'s.
+def plan_labels(req: LabelRequest) -> LabelPlan:
+    """Check every input and decide every path; nothing is written.
+
+    Args:
+        req: What was asked for.
 
     Returns:
         The plan ``run_teacher`` and ``write_data_yaml`` carry out.
     """
-    _check_numbers(conf, iou, batch, val_fraction)
-    src = Path(source).resolve()
-    if not src.is_dir():
-        raise KDConfigError(f"source={source}: not a folder")
-    files = image_files(src)
-    if not files:
-        raise KDConfigError(f"source={source}: no images in it")
-    dst = Path(out).resolve() if out is not None else src.with_name(f"{src.name}_labelled")
-    if dst == src or src in dst.parents:
-        raise KDConfigError(f"out={dst}: inside source={source}; give an out= folder outside it")
-    own_val = _own_val(val, src)
-    student_names = _names_file(names) if names is not None else None
-    teacher = load_teacher_model(model)  # refuses files that are not detection checkpoints
-    t_names = name_list(teacher.names)
-    imgsz = int(imgsz or teacher.args.get("imgsz", 640))
-    del teacher
-    images = _split(files, src, dst, None if own_val else val_fraction, seed)
+    _check_numbers(req.conf, req.iou, req.batch, req.val_fraction)
+    src, files, dst = _source_and_out(req)
+    own_val = _own_val(req.val, src)
+    student_names = _names_file(req.names) if req.names is not None else None
+    names, keep, imgsz = _classes_and_size(req, student_names)
+    images = _split(files, src, dst, None if own_val else req.val_fraction, req.seed)
     labels = _label_paths(images, src)
-    if student_names is not None:
-        keep = {t: s for s, t in class_pairs(student_names, t_names)}
-    else:
-        student_names, keep = t_names, {i: i for i in range(len(t_names))}
     settings = {
         "source": str(src),
-        "model_sha256": file_sha256(model),
-        "conf": conf,
-        "iou": iou,
+        "model_sha256": file_sha256(req.model),
+        "conf": req.conf,
+        "iou": req.iou,
         "imgsz": imgsz,
-        "names": student_names,
+        "names": names,
         "val": own_val,
-        "val_fraction": None if own_val else val_fraction,
-        "seed": None if own_val else seed,
+        "val_fraction": None if own_val else req.val_fraction,
+        "seed": None if own_val else req.seed,
     }
-    resume = _check_out(dst, settings, overwrite)
-    if overwrite and not resume:
+    resume = _check_out(dst, settings, req.overwrite)
+    if req.overwrite and not resume:
         _check_nothing_stale(dst, {*images.values(), *labels.values()})
-    return LabelPlan(
-        out=dst,
-        settings=settings,
-        images=images,
-        labels=labels,
-        names=student_names,
-        keep=keep,
-        val=own_val or str(dst / "images" / "val"),
-        resume=resume,
-    )
+    val = own_val or str(dst / "images" / "val")
+    return LabelPlan(dst, settings, images, labels, names, keep, val, resume)
+
+
+def _source_and_out(req: LabelRequest) -> tuple[Path, list[Path], Path]:
+    """The source folder (absolute), its images, and the output folder, which must lie outside it."""
+    src = Path(req.source).resolve()
+    if not src.is_dir():
+        raise KDConfigError(f"source={req.source}: not a folder")
+    files = image_files(src)
+    if not files:
+        raise KDConfigError(f"source={req.source}: no images in it")
+    dst = Path(req.out).resolve() if req.out is not None else src.with_name(f"{src.name}_labelled")
+    if dst == src or src in dst.parents:
+        raise KDConfigError(f"out={dst}: inside source={req.source}; give an out= folder outside it")
+    return src, files, dst
+
+
+def _classes_and_size(req: LabelRequest, student_names: list[str] | None) -> tuple[list[str], dict[int, int], int]:
+    """The dataset's class names, teacher class -> dataset class, and the inference size, from the teacher."""
+    teacher = load_teacher_model(req.model)  # refuses files that are not detection checkpoints
+    t_names = name_list(teacher.names)
+    imgsz = int(req.imgsz or teacher.args.get("imgsz", 640))
+    if student_names is None:
+        return t_names, {i: i for i in range(len(t_names))}, imgsz
+    return student_names, {t: s for s, t in class_pairs(student_names, t_names)}, imgsz
 
 
 def _check_numbers(conf: float, iou: float, batch: int, val_fraction: float) -> None:
@@ -336,18 +361,12 @@ def _box_lines(result: Any, keep: dict[int, int], tally: LabelTally) -> str:
     return "".join(lines)
 
 
-def run_teacher(
-    plan: LabelPlan, model: str | Path, conf: float, iou: float, device: str | None, batch: int
-) -> LabelTally:
+def run_teacher(plan: LabelPlan, req: LabelRequest) -> LabelTally:
     """Predict every image not yet labelled, write its label, then link the image beside it.
 
     Args:
         plan: From ``plan_labels``.
-        model: Teacher checkpoint.
-        conf: Confidence threshold.
-        iou: NMS IoU threshold.
-        device: Inference device.
-        batch: Images per inference call.
+        req: The teacher, thresholds, device and batch size asked for.
 
     Returns:
         What was labelled, skipped and unreadable, with box counts and confidences.
@@ -367,10 +386,11 @@ def run_teacher(
             tally.skipped += 1
         else:
             todo.append(image)
-    detector = YOLO(str(model), task="detect")
-    for i in TQDM(range(0, len(todo), batch), desc="yolo-kd label", total=(len(todo) + batch - 1) // batch):
+    detector = YOLO(str(req.model), task="detect")
+    step = req.batch
+    for i in TQDM(range(0, len(todo), step), desc="yolo-kd label", total=(len(todo) + step - 1) // step):
         chunk, arrays = [], []
-        for f in todo[i : i + batch]:
+        for f in todo[i : i + step]:
             im = cv2.imread(str(f))
             if im is None:
                 tally.unreadable.append(str(f))
@@ -380,7 +400,7 @@ def run_teacher(
         if not arrays:
             continue
         imgsz = plan.settings["imgsz"]
-        results = detector.predict(arrays, conf=conf, iou=iou, imgsz=imgsz, device=device, verbose=False)
+        results = detector.predict(arrays, conf=req.conf, iou=req.iou, imgsz=imgsz, device=req.device, verbose=False)
         for f, r in zip(chunk, results):
             write_text_atomic(plan.labels[f], _box_lines(r, plan.keep, tally))
             # the image is linked after its label: a linked image never passes for an unlabelled background image
