@@ -81,3 +81,19 @@ def kd_run(data_yaml: str, teacher_pt: str, tmp_path_factory: pytest.TempPathFac
     )
     assert rc == 0
     return project / "run"
+
+
+@pytest.fixture
+def assigner_shares(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The teacher's share in label assignment that each call of the teacher-guided assigner saw, in order."""
+    from yolo_kd.assign import TeacherGuidedAssigner
+
+    shares: list[float] = []
+    call = TeacherGuidedAssigner.__call__
+
+    def recorded(self: TeacherGuidedAssigner, *args: Any, **kwargs: Any) -> tuple:
+        shares.append(float(self.share))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(TeacherGuidedAssigner, "__call__", recorded)
+    return shares

@@ -8,8 +8,7 @@ import pytest
 import yaml
 from ultralytics.cfg import DEFAULT_CFG_DICT
 
-from yolo_kd.config import PRESET_DIR, KDConfig, KDConfigError, load_kd_config, load_recorded_config
-from yolo_kd.trainer import kd_keys
+from yolo_kd.config import PRESET_DIR, KDConfig, KDConfigError, kd_keys, load_kd_config, load_recorded_config
 
 
 def test_default_preset_equals_dataclass_defaults() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -12,6 +13,8 @@ import torch.multiprocessing as mp
 from yolo_kd import KDDetectionTrainer
 
 from .conftest import IMGSZ
+
+pytestmark = pytest.mark.slow  # a trained teacher and multi-process runs
 
 
 def test_ddp_file_round_trip_keeps_the_kd_configuration(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
@@ -48,10 +51,11 @@ def _grads(rank: int, world: int, teacher_pt: str, port: int, out: str) -> None:
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
+    from yolo_kd.compat import average_gradients
     from yolo_kd.config import KDConfig
-    from yolo_kd.criterion import KDLoss, KDModules, probe_head_channels
+    from yolo_kd.criterion import KDLoss, probe_head_channels
+    from yolo_kd.distiller import Distiller
     from yolo_kd.teacher import FrozenTeacher
-    from yolo_kd.trainer import average_gradients
 
     torch.set_num_threads(1)
     if world > 1:
@@ -67,7 +71,7 @@ def _grads(rank: int, world: int, teacher_pt: str, port: int, out: str) -> None:
     # MGD without its random mask: a deterministic feature term with gradients well above float noise.
     cfg = KDConfig(kd_feat=1.0, kd_feat_loss="mgd", kd_mgd_mask=0.0, kd_teacher_amp=False, kd_weight_power=0.0)
     teacher = FrozenTeacher(load_checkpoint(teacher_pt)[0], torch.device("cpu"), amp=False)
-    modules = KDModules(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
+    modules = Distiller(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
     student.train()
     for m in student.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

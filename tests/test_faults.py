@@ -32,6 +32,7 @@ def _has_kd_record(path: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_finishes_with_kd(
     data_yaml: str, teacher_pt: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -78,6 +79,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_with_kd(
         assert r["train/kd_cls"] > 0 and r["train/kd_box"] > 0 and r["train/kd_feat"] > 0
 
 
+@pytest.mark.slow
 def test_resume_with_another_teacher_file_is_refused(
     data_yaml: str, teacher_pt: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -102,6 +104,7 @@ def test_resume_with_another_teacher_file_is_refused(
     assert "not the teacher this run was trained with" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_truncated_teacher_is_one_clear_error(
     data_yaml: str, teacher_pt: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -114,29 +117,39 @@ def test_truncated_teacher_is_one_clear_error(
     assert "Traceback" not in err and not (tmp_path / "p").exists()
 
 
-def test_non_finite_teacher_output_drops_kd_for_the_step(teacher_pt: str) -> None:
+def _kd_student(**kd: object) -> tuple:
+    """A yolov8n student with the KD criterion on it, an untrained yolov8s teacher, the distiller, a 2-image batch."""
     from ultralytics.cfg import get_cfg
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    from ultralytics.nn.tasks import DetectionModel
 
     from yolo_kd.config import KDConfig
-    from yolo_kd.criterion import KDLoss, KDModules, probe_head_channels
+    from yolo_kd.criterion import KDLoss, probe_head_channels
+    from yolo_kd.distiller import Distiller
     from yolo_kd.teacher import FrozenTeacher
 
     torch.manual_seed(0)
     student = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
     student.args = get_cfg()
-    cfg = KDConfig(kd_feat=1.0, kd_teacher_amp=False)  # every term and the teacher-guided assigner see the poison
-    teacher = FrozenTeacher(load_checkpoint(teacher_pt)[0], torch.device("cpu"), amp=False)
-    modules = KDModules(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
+    cfg = KDConfig(kd_feat=1.0, kd_teacher_amp=False, **kd)  # every term and the teacher-guided assigner
+    teacher = FrozenTeacher(DetectionModel("yolov8s.yaml", nc=10, verbose=False), torch.device("cpu"), amp=False)
+    modules = Distiller(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
     student.train()
-    criterion = KDLoss(student.init_criterion(), teacher, modules, cfg, student.model[-1].reg_max)
+    unlabeled = {"u.png"} if cfg.unlabeled else None
+    criterion = KDLoss(student.init_criterion(), teacher, modules, cfg, student.model[-1].reg_max, None, unlabeled)
     student.criterion = criterion
     batch = {
         "img": torch.rand(2, 3, IMGSZ, IMGSZ),
         "batch_idx": torch.tensor([0.0, 1.0]),
         "cls": torch.tensor([[1.0], [4.0]]),
         "bboxes": torch.tensor([[0.4, 0.4, 0.3, 0.3], [0.6, 0.5, 0.2, 0.4]]),
+        "im_file": ["u.png", "l.png"],
     }
+    return student, criterion, teacher, modules, batch
+
+
+def test_non_finite_teacher_output_drops_kd_for_the_step(assigner_shares: list[float]) -> None:
+    student, criterion, teacher, modules, batch = _kd_student()
+    shares = assigner_shares
     real_forward = teacher.forward
 
     def poisoned(images: torch.Tensor) -> dict:
@@ -153,10 +166,33 @@ def test_non_finite_teacher_output_drops_kd_for_the_step(teacher_pt: str) -> Non
     grads = [p.grad for p in [*student.parameters(), *modules.parameters()] if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert criterion.pop_dropped_steps() == 1 and criterion.pop_dropped_steps() == 0
-    assert float(criterion.assigner.share) == 0.0, "a non-finite teacher must not steer the label assignment"
+    assert shares == [0.0], "a non-finite teacher must not steer the label assignment"
 
     teacher.forward = real_forward  # a clean step counts nothing and trains the KD terms again
     student.zero_grad()
     _, items = student.loss(batch)
     assert float(items["kd_cls"]) > 0 and criterion.pop_dropped_steps() == 0
-    assert float(criterion.assigner.share) == 1.0
+    assert shares == [0.0, 1.0]
+
+
+def test_non_finite_teacher_predictions_give_no_pseudo_label(tmp_path: Path) -> None:
+    # an fp16 overflow in the teacher's decoded boxes must not become a NaN target on an unlabeled image
+    import cv2
+    import numpy as np
+
+    (tmp_path / "u").mkdir()
+    cv2.imwrite(str(tmp_path / "u" / "u.png"), np.zeros((8, 8, 3), dtype=np.uint8))  # unlabeled= needs a folder
+    student, criterion, teacher, _, batch = _kd_student(unlabeled=str(tmp_path / "u"), kd_pseudo_conf=0.01)
+    batch = {**batch, "batch_idx": torch.tensor([1.0]), "cls": torch.tensor([[4.0]]), "bboxes": batch["bboxes"][1:]}
+    real_forward = teacher.forward
+
+    def overflowed(images: torch.Tensor) -> dict:
+        out = real_forward(images)
+        out["pred"][0, :4, :] = float("nan")  # image 0, the unlabeled one without ground truth: every box
+        out["pred"][0, 4, :] = 0.9  # and confident
+        return out
+
+    teacher.forward = overflowed
+    loss, items = student.loss(batch)
+    assert torch.isfinite(loss).all(), loss
+    assert criterion.pseudo_boxes == 0 and criterion.pop_dropped_steps() == 1

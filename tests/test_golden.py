@@ -61,15 +61,16 @@ def _cfg(feat_loss: str) -> KDConfig:
 
 def _terms(feat_loss: str, train: bool) -> list[float]:
     """[kd_cls, kd_box, kd_feat] at the middle epoch of 3 (schedule 1 + (0.2 - 1) * 0.5 = 0.6)."""
-    from yolo_kd.criterion import KDLoss, KDModules
+    from yolo_kd.criterion import KDLoss
+    from yolo_kd.distiller import Distiller
 
     cfg = _cfg(feat_loss)
-    modules = KDModules(S_CH, T_CH, cfg)
+    modules = Distiller(S_CH, T_CH, cfg)
     _fill(modules)
     modules.train(train)
     teacher = SimpleNamespace(nc=4, device=torch.device("cpu"), reg_max=REG_MAX)
     loss = KDLoss(None, teacher, modules, cfg, REG_MAX, class_pairs=CLASS_PAIRS)
-    loss.schedule = 0.6
+    loss.set_epoch(1, 3)
     student, t_out = _heads()
     torch.manual_seed(3)  # MGD's random mask in training mode
     return loss.terms(student, t_out).tolist()
@@ -96,7 +97,8 @@ def _step_losses() -> list[float]:
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_kd.criterion import KDLoss, KDModules, probe_head_channels
+    from yolo_kd.criterion import KDLoss, probe_head_channels
+    from yolo_kd.distiller import Distiller
     from yolo_kd.teacher import FrozenTeacher
 
     torch.manual_seed(0)
@@ -104,11 +106,11 @@ def _step_losses() -> list[float]:
     student.args = get_cfg()
     teacher = FrozenTeacher(DetectionModel("yolov8n.yaml", nc=4, verbose=False), torch.device("cpu"), amp=False)
     cfg = KDConfig(kd_feat=1.0, kd_assign=0.7, kd_final=0.2, kd_teacher_amp=False)
-    modules = KDModules(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
+    modules = Distiller(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
     _fill(modules)
     student.train()
     criterion = KDLoss(student.init_criterion(), teacher, modules, cfg, student.model[-1].reg_max, CLASS_PAIRS)
-    criterion.schedule = 0.6
+    criterion.set_epoch(1, 3)
     student.criterion = criterion
     g = torch.Generator().manual_seed(1)
     batch = {

@@ -1,4 +1,4 @@
-"""Unit tests of every distillation loss."""
+"""Unit tests of every distillation loss, MGD's generator connector and the distiller's named terms."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from yolo_kd.losses import FEATURE_LOSSES, ChannelWiseKD, DistributionKD, MaskedGenerativeKD, SigmoidLogitKD
+from yolo_kd.config import KDConfig
+from yolo_kd.connectors import MGDGenerator
+from yolo_kd.distiller import KD_TERMS, Distiller
+from yolo_kd.losses import ChannelWiseKD, DistributionKD, MaskedGenerativeKD, SigmoidLogitKD
 
 torch.manual_seed(0)
 
@@ -21,8 +24,9 @@ def _pair(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
 
 CASES = {
     "logit": (lambda: SigmoidLogitKD(2.0), (2, 5, 30), True),
-    "box": (lambda: DistributionKD(reg_max=4, temperature=2.0), (2, 16, 30), True),
-    "cwd": (lambda: ChannelWiseKD(6, temperature=2.0), (2, 6, 5, 5), False),
+    "box": (lambda: DistributionKD(temperature=2.0), (2, 16, 30), True),
+    "cwd": (lambda: ChannelWiseKD(temperature=2.0), (2, 6, 5, 5), False),
+    "mgd": (MaskedGenerativeKD, (2, 6, 5, 5), False),
 }
 
 
@@ -79,7 +83,7 @@ def test_box_hand_computed() -> None:
     s = torch.zeros(1, 8, 1)
     t = torch.tensor([math.log(3.0), 0.0] * 4).view(1, 8, 1)
     expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert DistributionKD(reg_max=2, temperature=1.0)(s, t).item() == pytest.approx(expected, rel=1e-5)
+    assert DistributionKD(temperature=1.0)(s, t).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_cwd_hand_computed() -> None:
@@ -87,26 +91,57 @@ def test_cwd_hand_computed() -> None:
     s = torch.zeros(1, 1, 1, 2)
     t = torch.tensor([math.log(3.0), 0.0]).view(1, 1, 1, 2)
     expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert ChannelWiseKD(1, temperature=1.0)(s, t).item() == pytest.approx(expected, rel=1e-5)
+    assert ChannelWiseKD(temperature=1.0)(s, t).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_mgd_trains_its_generator_and_not_the_teacher() -> None:
+def test_mgd_generator_trains_masks_only_in_training_and_not_the_teacher() -> None:
     torch.manual_seed(0)
-    loss_fn = MaskedGenerativeKD(4, mask_ratio=0.5)
+    generator, loss_fn = MGDGenerator(4, mask_ratio=0.5), MaskedGenerativeKD()
     s, t = _pair((2, 4, 6, 6))
-    loss = loss_fn(s, t)
+    loss = loss_fn(generator(s), t)
     loss.backward()
     assert loss.item() > 0 and t.grad is None and s.grad is not None
-    assert all(p.grad is not None for p in loss_fn.parameters())
-    # hand check in eval mode (no mask): the generator's output against the teacher, mean squared error
-    loss_fn.eval()
+    assert all(p.grad is not None for p in generator.parameters())
+    # in eval mode nothing is masked: the generator's output against the teacher, mean squared error
+    generator.eval()
     with torch.no_grad():
-        expected = F.mse_loss(loss_fn.generator(s), t)
-        assert loss_fn(s, t).item() == pytest.approx(expected.item(), rel=1e-6)
+        assert loss_fn(generator(s), t).item() == pytest.approx(F.mse_loss(generator.generator(s), t).item(), rel=1e-6)
+    generator.train()
+    torch.manual_seed(1)
+    masked = generator(s)
+    assert not torch.allclose(masked, generator.generator(s)), "training mode masks pixels"
 
 
 def test_mgd_normalisation_does_not_depend_on_batch_size() -> None:
-    loss_fn = MaskedGenerativeKD(4, mask_ratio=0.0)
+    generator, loss_fn = MGDGenerator(4, mask_ratio=0.0), MaskedGenerativeKD()
     s, t = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
-    assert torch.allclose(loss_fn(s, t), loss_fn(s.repeat(3, 1, 1, 1), t.repeat(3, 1, 1, 1)), rtol=1e-5)
+    rep = (3, 1, 1, 1)
+    assert torch.allclose(loss_fn(generator(s), t), loss_fn(generator(s.repeat(rep)), t.repeat(rep)), rtol=1e-5)
 
+
+@pytest.mark.parametrize("feat_loss", ["cwd", "mgd"])
+def test_distiller_returns_each_named_term_scaled_by_its_gain(feat_loss: str) -> None:
+    torch.manual_seed(0)
+    s_ch, t_ch, sizes = [4, 6], [5, 8], [(4, 4), (2, 2)]
+
+    def heads(channels: list[int]) -> dict:
+        return {
+            "scores": torch.randn(2, 3, 20),
+            "boxes": torch.randn(2, 16, 20),
+            "feats": [torch.randn(2, c, *hw) for c, hw in zip(channels, sizes)],
+        }
+
+    student, teacher = heads(s_ch), heads(t_ch)
+    one = Distiller(s_ch, t_ch, KDConfig(kd_cls=1.0, kd_box=1.0, kd_feat=1.0, kd_feat_loss=feat_loss)).eval()
+    terms = one(student, teacher)
+    assert list(terms) == list(KD_TERMS) and all(v.dim() == 0 and v.item() > 0 for v in terms.values())
+    scaled = Distiller(s_ch, t_ch, KDConfig(kd_cls=2.0, kd_box=0.5, kd_feat=3.0, kd_feat_loss=feat_loss)).eval()
+    scaled.load_state_dict(one.state_dict())
+    got = scaled(student, teacher)
+    for name, gain in zip(KD_TERMS, (2.0, 0.5, 3.0)):
+        assert got[name].item() == pytest.approx(gain * terms[name].item(), rel=1e-5)
+    # a gain of 0 switches its term off (no connector is built for the feature term), and no boxes no box term
+    off = Distiller(s_ch, t_ch, KDConfig(kd_cls=0.0, kd_feat=0.0, kd_feat_loss=feat_loss))
+    assert not list(off.parameters())
+    zeros = off({**student, "boxes": None}, {**teacher, "boxes": None})
+    assert all(v.item() == 0.0 for v in zeros.values())

@@ -43,13 +43,24 @@ def test_bf16_teacher_close_to_fp32() -> None:
 
 
 def test_amp_check_never_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    from yolo_kd import trainer as kd_trainer
+    import ultralytics.engine.trainer as engine
+
+    from yolo_kd.compat import amp_check_offline
 
     monkeypatch.setattr("ultralytics.utils.WEIGHTS_DIR", tmp_path)  # no yolo26n.pt there
     calls = []
+
+    def check_amp(m: torch.nn.Module) -> bool:  # stands in for Ultralytics' check, which downloads its weights
+        calls.append(m)
+        return False
+
+    monkeypatch.setattr(engine, "check_amp", check_amp)
     model = torch.nn.Conv2d(1, 1, 1)
     monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")), raising=False)
-    assert kd_trainer._check_amp_offline(lambda m: calls.append(m) or False, model) is True
+    with amp_check_offline():
+        assert engine.check_amp(model) is True
     assert calls == [], "Ultralytics' check (which downloads) ran although its weights are missing"
     (tmp_path / "yolo26n.pt").write_bytes(b"")  # weights present: Ultralytics' own check decides
-    assert kd_trainer._check_amp_offline(lambda m: calls.append(m) or False, model) is False and calls == [model]
+    with amp_check_offline():
+        assert engine.check_amp(model) is False and calls == [model]
+    assert engine.check_amp is check_amp, "the patch lasts for the block only"

@@ -18,18 +18,19 @@ class TeacherGuidedAssigner:
     assigner sees ``share * teacher + (1 - share) * student`` (probabilities and pixel boxes); the detection losses
     are still computed on the student's own predictions, and targets still come from the ground truth.
 
-    ``KDLoss`` sets ``teacher`` to ``(scores (B, A, C) probabilities, boxes (B, A, 4) xyxy pixels)`` for one call of
-    the detection loss and clears it right after, so no teacher tensor outlives the step.
+    It exists only for the duration of one detection-loss call (see ``compat.guided_assignment``), so no teacher tensor
+    outlives the step.
 
     Args:
         assigner: The wrapped ``TaskAlignedAssigner``; every attribute not defined here is read from it.
-        share: Weight of the teacher's predictions in [0, 1], a float or a 0-d tensor (set per step by ``KDLoss``).
+        share: Weight of the teacher's predictions in [0, 1], a float or a 0-d tensor.
+        teacher: ``(scores (B, A, C) probabilities, boxes (B, A, 4) xyxy pixels)``, see ``teacher_predictions``.
     """
 
-    def __init__(self, assigner: Any, share: float | torch.Tensor) -> None:
+    def __init__(self, assigner: Any, share: float | torch.Tensor, teacher: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.assigner = assigner
         self.share = share
-        self.teacher: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.teacher = teacher
 
     def __getattr__(self, name: str) -> Any:  # topk, num_classes, ... of the wrapped assigner
         if name == "assigner":  # not set yet (unpickling): do not recurse
@@ -39,11 +40,21 @@ class TeacherGuidedAssigner:
     def __call__(
         self, pd_scores: torch.Tensor, pd_bboxes: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, ...]:
-        if self.teacher is not None:
-            t_scores, t_boxes = self.teacher
-            share = torch.as_tensor(self.share, device=pd_scores.device)
-            pd_scores = torch.lerp(pd_scores, t_scores.to(pd_scores.dtype), share.to(pd_scores.dtype))
-            pd_bboxes = torch.lerp(pd_bboxes, t_boxes.to(pd_bboxes.dtype), share.to(pd_bboxes.dtype))
+        """The wrapped assigner's output for ``share * teacher + (1 - share) * student`` predictions.
+
+        Args:
+            pd_scores: The student's scores (B, A, C), probabilities.
+            pd_bboxes: The student's boxes (B, A, 4), xyxy pixels.
+            *args: The rest of the assigner's arguments (anchors, ground truth), unchanged.
+            **kwargs: Likewise.
+
+        Returns:
+            What the wrapped assigner returns.
+        """
+        t_scores, t_boxes = self.teacher
+        share = torch.as_tensor(self.share, device=pd_scores.device)
+        pd_scores = torch.lerp(pd_scores, t_scores.to(pd_scores.dtype), share.to(pd_scores.dtype))
+        pd_bboxes = torch.lerp(pd_bboxes, t_boxes.to(pd_bboxes.dtype), share.to(pd_bboxes.dtype))
         return self.assigner(pd_scores, pd_bboxes, *args, **kwargs)
 
 

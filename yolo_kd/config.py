@@ -17,6 +17,7 @@ import yaml
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "kd"
 INIT_NAMES = ("teacher", "random")
+RUN_KEYS = ("teacher", "kd")  # KD keys of a training run besides the KDConfig fields
 TEMPERATURE_RANGE = (1e-3, 1e3)  # beyond it a softmax/sigmoid saturates to one-hot or flat: no useful soft target
 MAX_UNLABELED_RATIO = 0.95  # the mixed list holds ratio / (1 - ratio) unlabelled slots per labelled image
 
@@ -159,6 +160,15 @@ class KDConfig:
         docs = _field_docs()
         default = cls()
         return [(k, getattr(default, k), docs.get(k, "")) for k in cls.field_names()]
+
+
+def kd_keys() -> tuple[str, ...]:
+    """Every key the KD trainer takes out of Ultralytics' overrides.
+
+    Returns:
+        ``teacher``, ``kd`` and every ``KDConfig`` field.
+    """
+    return (*RUN_KEYS, *KDConfig.field_names())
 
 
 def _field_docs() -> dict[str, str]:

@@ -1,24 +1,33 @@
-"""The criterion that adds the distillation terms to Ultralytics' detection loss."""
+"""``KDLoss``: the thin adapter that adds the distiller's terms to Ultralytics' detection criterion."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
-from .assign import TeacherGuidedAssigner, dense_loss, teacher_predictions
+from .assign import dense_loss, teacher_predictions
+from .compat import guided_assignment
 from .config import KDConfig, KDConfigError
+from .distiller import KD_TERMS, Distiller, box_kd_reason
 from .hooks import DetectTap
-from .losses import FEATURE_LOSSES, DistributionKD, SigmoidLogitKD
 from .teacher import FrozenTeacher
 
-KD_TERMS = ("kd_cls", "kd_box", "kd_feat")
+KDModules = Distiller  # the name scripts/ import the distiller by
 
 
 @torch.no_grad()
 def probe_head_channels(model: nn.Module) -> list[int]:
-    """Channels of each map entering the model's Detect head, read from one tiny forward pass in eval mode."""
+    """Channels of each map entering the model's Detect head, read from one tiny forward pass in eval mode.
+
+    Args:
+        model: An Ultralytics detection model (its ``stride`` must be set).
+
+    Returns:
+        One channel count per head level.
+    """
     was_training = model.training
     model.eval()
     p = next(model.parameters())
@@ -32,95 +41,93 @@ def probe_head_channels(model: nn.Module) -> list[int]:
         model.train(was_training)
 
 
-class KDModules(nn.Module):
-    """Everything that trains alongside the student for distillation and is never saved inside it.
-
-    Holds one 1x1 connector per head level (student channels -> teacher channels) and the feature loss of each level
-    (MGD's generators are trainable). Its parameters get their own optimizer group; its state is stored in ``last.pt``
-    as plain tensors under ``ckpt["kd"]["state"]`` so a resumed run continues with the same connectors.
-    """
-
-    def __init__(self, student_channels: list[int], teacher_channels: list[int], cfg: KDConfig) -> None:
-        super().__init__()
-        enabled = cfg.kd_feat > 0
-        self.connectors = nn.ModuleList(
-            nn.Conv2d(cs, ct, kernel_size=1) for cs, ct in zip(student_channels, teacher_channels) if enabled
-        )
-        loss_cls = FEATURE_LOSSES[cfg.kd_feat_loss]
-        self.feature_losses = nn.ModuleList(
-            loss_cls(ct, temperature=cfg.kd_feat_temp, mask_ratio=cfg.kd_mgd_mask) for ct in teacher_channels if enabled
-        )
-
-    def feature_loss(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
-        """Mean over levels of each level's feature loss between projected student maps and teacher maps."""
-        terms = [loss(conn(s), t) for conn, loss, s, t in zip(self.connectors, self.feature_losses, student, teacher)]
-        return torch.stack(terms).mean()
-
-
 class KDLoss:
-    """Ultralytics' detection criterion plus class-logit, box-distribution and feature distillation.
+    """Ultralytics' detection criterion plus the distiller's terms: the adapter between the two.
 
     Called like the criterion it wraps, ``(preds, batch) -> (loss, loss_items)``. ``loss`` is the detection loss
     vector followed by ``kd_cls``, ``kd_box`` and ``kd_feat``, each already multiplied by its gain and by the batch
     size exactly as Ultralytics scales box/cls/dfl, and ``loss_items`` gains the three names, which become columns of
-    ``results.csv`` and of the progress bar. The teacher runs once per call, on the same preprocessed batch.
+    ``results.csv`` and of the progress bar. Around the distiller it does what ties KD to Ultralytics: the teacher's
+    pass (``prefetch``), the non-finite guard, the class map, teacher-guided assignment and pseudo-labels.
 
-    It is set as the training model's ``criterion`` attribute, a plain attribute, so the teacher and connectors are
-    never in the student's ``parameters()`` or ``state_dict()``. ``copy.deepcopy`` (the EMA, checkpoint snapshots)
-    yields ``None`` for it: a copy of the student falls back to the plain Ultralytics criterion and never carries the
-    teacher.
+    It is set as the training student's ``criterion`` attribute, a plain attribute, so the teacher and connectors are
+    never in the student's ``parameters()`` or ``state_dict()``. The trainer sets it after Ultralytics has made its
+    EMA copy of the student, and takes it off around the one later copy (NaN recovery, ``compat.criterion_detached``).
+
+    Args:
+        base: Ultralytics' detection criterion of the student.
+        teacher: The frozen teacher (``nc``, ``device`` and ``reg_max`` are read from it).
+        distiller: The connectors and KD losses (None: no KD terms, only pseudo-labels; for tests).
+        cfg: The KD settings.
+        reg_max: The student's DFL bins per side.
+        class_pairs: (student class, teacher class) pairs; None means the same classes in the same order.
+        unlabeled_files: Image paths of the unlabeled images mixed into training (pseudo-labelled).
+
+    Attributes:
+        schedule (float): This epoch's share of the KD gains, set by ``set_epoch``.
+        pseudo_every_sample (bool): Pseudo-label every sample, not only unlabeled images (mixing augmentations on).
+        pseudo_boxes (int): Pseudo-labels given so far.
     """
 
     def __init__(
         self,
         base: Any,
         teacher: FrozenTeacher,
-        modules: KDModules,
+        distiller: Distiller | None,
         cfg: KDConfig,
         reg_max: int,
         class_pairs: list[tuple[int, int]] | None = None,
         unlabeled_files: set[str] | None = None,
     ) -> None:
-        """``class_pairs`` lists (student class, teacher class) pairs; None means the same classes in the same order."""
         self.base = base
         self.teacher = teacher
-        self.modules = modules
+        self.distiller = distiller
         self.cfg = cfg
-        self.logit = SigmoidLogitKD(cfg.kd_cls_temp)
+        self.box_kd = box_kd_reason(cfg, reg_max, teacher.reg_max) is None
         self.dropped_steps = torch.zeros((), dtype=torch.int64, device=teacher.device)
         self.unlabeled_files = unlabeled_files or set()
-        self.pseudo_boxes = 0  # pseudo-labels given so far
-        self.schedule = 1.0  # the epoch's share of the KD gains (kd_final), set by the trainer each epoch
-        self._prefetched: tuple[torch.Tensor, dict[str, Any]] | None = None  # (images, teacher outputs), see prefetch
-        # True while mosaic/mixup/cutmix run: a mixed sample may hold unlabelled tiles under a labelled lead image
+        self.pseudo_boxes = 0
+        self.schedule = 1.0
         self.pseudo_every_sample = False
+        self._prefetched: tuple[torch.Tensor, dict[str, Any]] | None = None  # (images, teacher outputs), see prefetch
         # teacher class -> student class for pseudo-labels (-1: the student has no such class)
         pairs = class_pairs if class_pairs is not None else [(i, i) for i in range(teacher.nc)]
         self.teacher_to_student = torch.full((teacher.nc,), -1, dtype=torch.long, device=teacher.device)
         for s_cls, t_cls in pairs:
             self.teacher_to_student[t_cls] = s_cls
-        self.box = DistributionKD(reg_max, cfg.kd_box_temp) if box_kd_reason(cfg, reg_max, teacher) is None else None
         # (student, teacher) class index tensors; None (the classes coincide index for index) needs no gather.
         self.class_index = None
         if class_pairs is not None:
             s_idx, t_idx = zip(*class_pairs)
             self.class_index = (torch.tensor(s_idx, device=teacher.device), torch.tensor(t_idx, device=teacher.device))
-        self.assigner = None
+        self.dense = None  # the detection loss whose assigner the teacher guides (kd_assign > 0)
         if cfg.kd_assign > 0:
-            dense = dense_loss(base)
-            if dense is None:
+            self.dense = dense_loss(base)
+            if self.dense is None:
                 raise KDConfigError(f"kd_assign: {type(base).__name__} has no task-aligned assigner to guide")
-            self.assigner = dense.assigner = TeacherGuidedAssigner(dense.assigner, cfg.kd_assign)
-            self.stride = dense.stride  # the student's anchor grid, as the criterion builds it
+
+    def set_epoch(self, epoch: int, epochs: int, mixing: bool = False) -> None:
+        """Set every quantity that follows the epoch: the KD gains' share and who gets pseudo-labels.
+
+        Args:
+            epoch: The epoch about to run, from 0.
+            epochs: Epochs in the run. The KD gains (and the teacher's share in assignment) go linearly from 1 at the
+                first epoch to ``kd_final`` at the last.
+            mixing: Whether mosaic/mixup/cutmix run in this epoch: a mixed sample may hold unlabeled tiles under a
+                labeled lead image, so every sample gets pseudo-labels then.
+        """
+        self.schedule = 1.0 + (self.cfg.kd_final - 1.0) * epoch / max(epochs - 1, 1)
+        self.pseudo_every_sample = bool(mixing and self.unlabeled_files)
 
     def pop_dropped_steps(self) -> int:
-        """How many steps since the last call had their KD contribution dropped as non-finite (one host sync)."""
+        """How many steps since the last call had their KD contribution dropped as non-finite (one host sync).
+
+        Returns:
+            The count, reset to 0.
+        """
         n = int(self.dropped_steps.item())
         self.dropped_steps.zero_()
         return n
-
-    def __deepcopy__(self, memo: dict) -> None:
-        return None
 
     def update(self) -> None:
         """Per-epoch update of the wrapped criterion (end-to-end heads re-balance their branches)."""
@@ -135,45 +142,48 @@ class KDLoss:
         the forward, only the teacher's outputs wait (its head outputs, plus the neck maps when the feature term is
         on), and its activations are already freed (measured in docs/BENCHMARKS.md). Either way the teacher runs
         exactly once per step, and the outputs are dropped by the call that consumes them.
+
+        Args:
+            images: The preprocessed batch images (B, 3, H, W).
         """
         self._prefetched = None  # an unconsumed pass (a failed step) must not stay alive beside the new one
         self._prefetched = (images, self.teacher(images))
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Detection loss plus KD terms for one batch.
+
+        Args:
+            preds: The student's raw head outputs.
+            batch: Ultralytics' preprocessed batch.
+
+        Returns:
+            The loss vector (detection terms, then the KD terms, scaled by batch size) and the detached items.
+        """
         pre, self._prefetched = self._prefetched, None
         teacher = pre[1] if pre is not None and pre[0] is batch["img"] else self.teacher(batch["img"])
-        # A non-finite teacher output or KD term must not reach the student. Checking it on the host would stall every
-        # step, so it is handled on the device: teacher outputs are made finite before use (finite inputs keep every
-        # gradient finite), and the batch's KD contribution is multiplied by 0 when anything was non-finite.
-        # One sum per tensor is non-finite iff an element is (or the sum overflows: then the step is dropped too),
-        # and the in-place repair allocates nothing: together ~10x cheaper than isfinite().all() plus nan_to_num
-        # copies, which cost ~5% of a v8s->v8n step on CPU. The teacher's outputs are fresh and used only here.
-        outputs = [teacher["boxes"], teacher["scores"], *teacher["feats"]]
-        finite = torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in outputs])).all()
-        for t in outputs:
-            torch.nan_to_num_(t, 0.0, 0.0, 0.0)
-        if self.unlabeled_files and self.cfg.kd_pseudo:
+        pseudo = bool(self.unlabeled_files and self.cfg.kd_pseudo)
+        finite = guard_non_finite(teacher, with_pred=pseudo)
+        if pseudo and finite:  # a non-finite teacher gets no say in the targets (a host sync; this mode has many)
             batch = self.pseudo_label(batch, teacher["pred"])
         student = self.base.parse_output(preds) if hasattr(self.base, "parse_output") else preds
         if "scores" not in student:  # end-to-end heads: distil the dense one2many branch
             student = student["one2many"]
-        if self.assigner is not None:
+        assignment = nullcontext()
+        if self.dense is not None:
             # kd_final fades the teacher's say here too; a non-finite teacher has none (the repaired outputs are zeros)
-            self.assigner.share = finite.to(torch.float32) * (self.cfg.kd_assign * self.schedule)
-            self.assigner.teacher = teacher_predictions(
+            share = finite.to(torch.float32) * (self.cfg.kd_assign * self.schedule)
+            decoded = teacher_predictions(
                 teacher["scores"],
                 teacher["boxes"],
                 student["feats"],
-                self.stride,
+                self.dense.stride,  # the student's anchor grid, as its criterion builds it
                 self.teacher.reg_max,
                 student["scores"],
                 self.class_index,
             )
-        try:
+            assignment = guided_assignment(self.dense, decoded, share)
+        with assignment:
             loss, items = self.base(preds, batch)
-        finally:
-            if self.assigner is not None:
-                self.assigner.teacher = None
         kd = self.terms(student, teacher)
         finite = finite & torch.isfinite(kd).all()
         kd = torch.where(finite, kd, torch.zeros_like(kd))
@@ -183,14 +193,42 @@ class KDLoss:
         items.update(zip(KD_TERMS, kd.detach()))
         return torch.cat([loss.view(-1), kd.to(loss.dtype) * batch_size]), items
 
-    def pseudo_label(self, batch: dict[str, Any], pred: torch.Tensor) -> dict[str, Any]:
-        """Add the teacher's confident boxes as targets on the batch's unlabelled images.
+    def terms(self, student: dict[str, Any], teacher: dict[str, Any]) -> torch.Tensor:
+        """The three KD terms ``[kd_cls, kd_box, kd_feat]`` for one batch: gain- and schedule-scaled, class-mapped.
 
-        An unlabelled image keeps whatever ground truth it carries (mosaic tiles cut from labelled images) and gains
+        Args:
+            student: The student's parsed head outputs (``scores``, ``boxes``, ``feats``).
+            teacher: The teacher's outputs (same keys).
+
+        Returns:
+            A (3,) fp32 tensor.
+        """
+        s_scores, t_scores = student["scores"], teacher["scores"]
+        if self.class_index is not None:  # only classes both know; teacher-only classes are left out
+            s_scores = s_scores.index_select(1, self.class_index[0])
+            t_scores = t_scores.index_select(1, self.class_index[1])
+        box = self.box_kd  # a pair whose DFL bins differ has no box term
+        named = self.distiller(
+            {"scores": s_scores, "boxes": student["boxes"] if box else None, "feats": student["feats"]},
+            {"scores": t_scores, "boxes": teacher["boxes"] if box else None, "feats": teacher["feats"]},
+        )
+        return torch.stack([named[k] for k in KD_TERMS]) * self.schedule
+
+    def pseudo_label(self, batch: dict[str, Any], pred: torch.Tensor) -> dict[str, Any]:
+        """Add the teacher's confident boxes as targets on the batch's unlabeled images.
+
+        An unlabeled image keeps whatever ground truth it carries (mosaic tiles cut from labeled images) and gains
         every teacher box, after NMS, above ``kd_pseudo_conf`` that no ground-truth box already covers (IoU < 0.5).
-        Labelled images are left as they are, unless ``pseudo_every_sample`` is set (mixing augmentations on): then
-        every sample is treated so, since its tiles may come from unlabelled images. This runs a per-image loop and
+        Labeled images are left as they are, unless ``pseudo_every_sample`` is set (mixing augmentations on): then
+        every sample is treated so, since its tiles may come from unlabeled images. This runs a per-image loop and
         NMS (host syncs), only in this mode.
+
+        Args:
+            batch: Ultralytics' batch (``im_file``, ``img``, ``batch_idx``, ``cls``, ``bboxes``).
+            pred: The teacher's decoded predictions (B, 4 + C, A): pixel xywh, then class scores.
+
+        Returns:
+            The batch with the pseudo-labels added, targets sorted by image.
         """
         from ultralytics.utils.metrics import box_iou
         from ultralytics.utils.nms import non_max_suppression
@@ -226,33 +264,28 @@ class KDLoss:
         order = torch.sort(batch_idx, stable=True).indices
         return {**batch, "batch_idx": batch_idx[order], "cls": torch.cat(cls)[order], "bboxes": torch.cat(boxes)[order]}
 
-    def terms(self, student: dict[str, Any], teacher: dict[str, Any]) -> torch.Tensor:
-        """The three gain-scaled KD terms ``[kd_cls, kd_box, kd_feat]`` for one batch, as a (3,) tensor."""
-        cfg = self.cfg
-        s_scores, t_scores = student["scores"], teacher["scores"]
-        if self.class_index is not None:  # only classes both know; teacher-only classes are left out
-            s_scores, t_scores = (
-                s_scores.index_select(1, self.class_index[0]),
-                t_scores.index_select(1, self.class_index[1]),
-            )
-        zero = s_scores.new_zeros((), dtype=torch.float32)
-        weight = t_scores.sigmoid().amax(1)
-        if cfg.kd_weight_power != 1.0:
-            weight = weight.pow(cfg.kd_weight_power)
-        kd_cls = cfg.kd_cls * self.logit(s_scores, t_scores, weight) if cfg.kd_cls > 0 else zero
-        kd_box = cfg.kd_box * self.box(student["boxes"], teacher["boxes"], weight) if self.box is not None else zero
-        kd_feat = (
-            cfg.kd_feat * self.modules.feature_loss(student["feats"], teacher["feats"]) if cfg.kd_feat > 0 else zero
-        )
-        return torch.stack([kd_cls, kd_box, kd_feat]) * self.schedule
 
+def guard_non_finite(teacher: dict[str, Any], with_pred: bool = False) -> torch.Tensor:
+    """Make the teacher's outputs finite in place, and say on the device whether they already were.
 
-def box_kd_reason(cfg: KDConfig, reg_max: int, teacher: FrozenTeacher) -> str | None:
-    """Why box-distribution KD is off for this pair, or None when it runs."""
-    if cfg.kd_box <= 0:
-        return "kd_box=0"
-    if reg_max <= 1:
-        return "the student has no DFL box distribution (reg_max=1)"
-    if teacher.reg_max != reg_max:
-        return f"teacher reg_max={teacher.reg_max} differs from the student's reg_max={reg_max}"
-    return None
+    A non-finite teacher output (an fp16 overflow, say) must not reach the student. Checking it on the host would
+    stall every step, so it is handled on the device: outputs are made finite before use (finite inputs keep every
+    gradient finite), and the caller multiplies the batch's KD contribution by 0 when they were not. One sum per
+    tensor is non-finite iff an element is (or the sum overflows: then the step is dropped too), and the in-place
+    repair allocates nothing: together ~10x cheaper than isfinite().all() plus nan_to_num copies, which cost ~5% of a
+    v8s->v8n step on CPU. The teacher's outputs are fresh and used only in this step.
+
+    Args:
+        teacher: The teacher's outputs (``boxes``, ``scores``, ``feats``, ``pred``), repaired in place.
+        with_pred: Guard the decoded predictions too (pseudo-labels read them).
+
+    Returns:
+        A 0-d bool tensor: True when every guarded output was finite.
+    """
+    outputs = [teacher["boxes"], teacher["scores"], *teacher["feats"]]
+    if with_pred and teacher.get("pred") is not None:
+        outputs.append(teacher["pred"])
+    finite = torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in outputs])).all()
+    for t in outputs:
+        torch.nan_to_num_(t, 0.0, 0.0, 0.0)
+    return finite

@@ -4,6 +4,7 @@ from .box import DistributionKD
 from .feature import ChannelWiseKD, MaskedGenerativeKD
 from .logit import SigmoidLogitKD
 
+# kd_feat_loss name -> feature loss: the one list of the names (config validates kd_feat_loss against it)
 FEATURE_LOSSES = {"cwd": ChannelWiseKD, "mgd": MaskedGenerativeKD}
 
 __all__ = ["FEATURE_LOSSES", "ChannelWiseKD", "DistributionKD", "MaskedGenerativeKD", "SigmoidLogitKD"]

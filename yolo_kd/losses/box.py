@@ -16,25 +16,25 @@ class DistributionKD(nn.Module):
     The loss is ``KL(softmax(t/T) || softmax(s/T)) * T**2`` per side, averaged over the 4 sides.
 
     Args:
-        reg_max: Number of bins per side (teacher and student must share it).
         temperature: T; softens both distributions, loss scaled by T**2.
 
     Shapes:
-        student, teacher: (B, 4 * reg_max, A) raw bin logits. weight: (B, A) or None.
+        student, teacher: (B, 4 * R, A) raw bin logits, R bins per side (read from the shape; both must share it).
+        weight: (B, A) or None.
 
     Returns:
         Scalar: mean over sides, weighted mean over anchors and images.
     """
 
-    def __init__(self, reg_max: int = 16, temperature: float = 1.0) -> None:
+    def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
-        self.reg_max = reg_max
         self.temperature = temperature
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        b, _, a = student.shape
+        """KL of the per-side bin distributions, times T**2 (see the class docstring)."""
+        b, c, a = student.shape
         t = self.temperature
-        s_log = F.log_softmax(student.float().view(b, 4, self.reg_max, a) / t, dim=2)
-        t_log = F.log_softmax(teacher.detach().float().view(b, 4, self.reg_max, a) / t, dim=2)
+        s_log = F.log_softmax(student.float().view(b, 4, c // 4, a) / t, dim=2)
+        t_log = F.log_softmax(teacher.detach().float().view(b, 4, c // 4, a) / t, dim=2)
         kl = (t_log.exp() * (t_log - s_log)).sum(2)  # (B, 4, A)
         return weighted_mean(kl.mean(1) * (t * t), weight)

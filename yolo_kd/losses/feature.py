@@ -15,7 +15,6 @@ class ChannelWiseKD(nn.Module):
     channel fires matters, not its magnitude, so teachers with larger activations need no rescaling.
 
     Args:
-        channels: Teacher channels at this level (unused; kept so every feature loss is built the same way).
         temperature: T of the spatial softmax.
 
     Shapes:
@@ -25,11 +24,12 @@ class ChannelWiseKD(nn.Module):
         Scalar: KL summed over locations, mean over images and channels.
     """
 
-    def __init__(self, channels: int, temperature: float = 1.0, **_: float) -> None:
+    def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = temperature
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """KL(teacher || student) of the spatial softmaxes, times T**2 (see the class docstring)."""
         n, c, h, w = student.shape
         t = self.temperature
         s_log = F.log_softmax(student.float().reshape(n * c, h * w) / t, dim=1)
@@ -38,35 +38,19 @@ class ChannelWiseKD(nn.Module):
 
 
 class MaskedGenerativeKD(nn.Module):
-    """Masked generative distillation (MGD; Yang et al., ECCV 2022).
+    """The loss of masked generative distillation (MGD; Yang et al., ECCV 2022): generated vs teacher map.
 
-    A random share of the student's (projected) feature pixels is zeroed and a small generator (3x3 conv, ReLU,
-    3x3 conv) must regenerate the teacher's full map from what is left, which forces the student's features to carry
-    its neighbours' information. The generator is trained with the student and never saved with it.
-
-    Args:
-        channels: Teacher channels at this level.
-        mask_ratio: Share of pixels masked (0 disables masking, giving plain generated-feature MSE).
+    MGD masks a share of the student's pixels and has a small generator regenerate the teacher's map from the rest;
+    as in mmrazor, the masking and the generator are a connector (``yolo_kd.connectors.MGDGenerator``) and the loss
+    compares its output with the teacher map.
 
     Shapes:
-        student, teacher: (N, C, H, W), student already projected to the teacher's C.
+        student: (N, C, H, W), the generator's output. teacher: (N, C, H, W).
 
     Returns:
         Scalar: squared error, mean over all elements.
     """
 
-    def __init__(self, channels: int, mask_ratio: float = 0.5, **_: float) -> None:
-        super().__init__()
-        self.mask_ratio = mask_ratio
-        self.generator = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, padding=1),
-        )
-
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = student.shape
-        if self.training and self.mask_ratio > 0:
-            keep = torch.rand(n, 1, h, w, device=student.device) >= self.mask_ratio
-            student = student * keep
-        return F.mse_loss(self.generator(student.float()), teacher.detach().float())
+        """Mean squared error between the generated and the teacher map."""
+        return F.mse_loss(student.float(), teacher.detach().float())

@@ -41,6 +41,7 @@ class SigmoidLogitKD(nn.Module):
         self.temperature = temperature
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-class binary KL summed over classes, weighted mean over anchors (see the class docstring)."""
         t = self.temperature
         s_logit = student.float() / t
         t_logit = teacher.detach().float() / t

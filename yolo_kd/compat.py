@@ -1,0 +1,147 @@
+"""Every touch of Ultralytics that is not a trainer override, so an Ultralytics upgrade is reviewed in this file.
+
+Each patch is a context manager scoped to the one call that needs it, or a plain function; nothing stays patched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+from ultralytics.utils import LOCAL_RANK, LOGGER, colorstr
+
+from .assign import TeacherGuidedAssigner
+
+
+def _check_amp_offline(check_amp: Any, model: torch.nn.Module) -> bool:
+    """Ultralytics' AMP check when its reference weights are on disk; otherwise skip it instead of downloading.
+
+    Args:
+        check_amp: Ultralytics' ``check_amp``.
+        model: The model it checks.
+
+    Returns:
+        Whether AMP stays on.
+    """
+    from ultralytics.utils import WEIGHTS_DIR
+
+    if next(model.parameters()).device.type == "cuda" and not (WEIGHTS_DIR / "yolo26n.pt").is_file():
+        LOGGER.warning(f"{colorstr('yolo-kd:')} AMP check skipped: {WEIGHTS_DIR / 'yolo26n.pt'} is not on disk")
+        return True
+    return check_amp(model)
+
+
+@contextmanager
+def amp_check_offline() -> Iterator[None]:
+    """Inside the block, Ultralytics' trainer runs its AMP check only when it need not download.
+
+    Ultralytics' AMP check (CUDA only) downloads yolo26n.pt when it is not on disk. yolo-kd downloads nothing, so
+    without those weights the check is skipped (AMP stays on, as Ultralytics does when offline).
+    """
+    import ultralytics.engine.trainer as engine
+
+    check_amp = engine.check_amp
+    engine.check_amp = partial(_check_amp_offline, check_amp)
+    try:
+        yield
+    finally:
+        engine.check_amp = check_amp
+
+
+@contextmanager
+def args_without(args: Any, keys: Iterable[str]) -> Iterator[None]:
+    """Take ``keys`` out of an Ultralytics args namespace for the block, and put them back after it.
+
+    Ultralytics' validator re-parses the trainer's args with ``get_cfg``, which refuses keys it does not know, while
+    the KD keys must ride along in the trainer's args for its DDP workers (see the trainer's ``__init__``).
+
+    Args:
+        args: The trainer's ``args`` namespace.
+        keys: The keys to hide.
+    """
+    hidden = {k: vars(args).pop(k) for k in keys if k in vars(args)}
+    try:
+        yield
+    finally:
+        vars(args).update(hidden)
+
+
+def torchrun_world_size(world_size: int) -> int:
+    """The world size a process group must use: Ultralytics counts only this node's devices.
+
+    Args:
+        world_size: Ultralytics' count.
+
+    Returns:
+        torchrun's ``WORLD_SIZE`` when this process was launched by it across nodes (larger), else ``world_size``.
+    """
+    if LOCAL_RANK != -1 and int(os.environ.get("WORLD_SIZE", 1)) > world_size:
+        return int(os.environ["WORLD_SIZE"])
+    return world_size
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter], world_size: int) -> None:
+    """All-reduce the gradients of ``params`` to their mean over ranks, in one flat collective.
+
+    Only the student is wrapped in DistributedDataParallel (the teacher must not be, and the connectors are not part
+    of the student), so the connectors' gradients are averaged here, as DDP does for the student's.
+
+    Args:
+        params: Parameters whose ``.grad`` is averaged in place (those without a gradient are skipped).
+        world_size: Number of ranks.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads]) / world_size
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+@contextmanager
+def guided_assignment(
+    loss: Any, teacher: tuple[torch.Tensor, torch.Tensor], share: float | torch.Tensor
+) -> Iterator[TeacherGuidedAssigner]:
+    """Let a detection loss assign from the teacher-student blend inside the block; its own assigner is back after.
+
+    The detection loss reads ``loss.assigner`` deep inside its call, so the only way in is to stand in for it; the
+    block holds exactly one call of the detection loss, so no teacher tensor outlives it.
+
+    Args:
+        loss: A detection loss with a task-aligned ``assigner`` (see ``assign.dense_loss``).
+        teacher: The teacher's decoded predictions, see ``assign.teacher_predictions``.
+        share: Weight of the teacher's predictions in [0, 1].
+
+    Yields:
+        The stand-in assigner.
+    """
+    own = loss.assigner
+    loss.assigner = guided = TeacherGuidedAssigner(own, share, teacher)
+    try:
+        yield guided
+    finally:
+        loss.assigner = own
+
+
+@contextmanager
+def criterion_detached(model: torch.nn.Module) -> Iterator[None]:
+    """Take the KD criterion off the student for the block, and put it back after it.
+
+    Ultralytics' NaN recovery rebuilds its EMA as a deep copy of the live student; without this, that copy would
+    carry the KD criterion (teacher and connectors included) into the EMA, its validation and its checkpoints.
+
+    Args:
+        model: The (unwrapped) student.
+    """
+    criterion, model.criterion = getattr(model, "criterion", None), None
+    try:
+        yield
+    finally:
+        model.criterion = criterion

@@ -1,0 +1,90 @@
+"""Labeled and unlabeled images in one training set, and when sample mixing is on: pure functions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .dataset import image_files
+
+MIXING_AUGMENTATIONS = ("mosaic", "mixup", "cutmix")  # Ultralytics' augmentations that put several images in a sample
+
+
+def labeled_images(img_path: str | Path | list[str | Path]) -> list[str]:
+    """Every image of an Ultralytics ``train=`` entry: folders, image list files, or a list of them.
+
+    Args:
+        img_path: As Ultralytics passes it to ``build_dataset``.
+
+    Returns:
+        Image paths; those from a list file are kept as written, ``./`` lines made relative to the file's folder.
+    """
+    images: list[str] = []
+    for p in img_path if isinstance(img_path, list) else [img_path]:
+        p = Path(p)
+        if p.is_dir():
+            images += [str(f.resolve()) for f in image_files(p)]
+        else:  # an image list file
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                images.append(str(p.parent / line[2:]) if line.startswith("./") else line)
+    return images
+
+
+def mixed_image_list(
+    labeled: list[str], unlabeled_dir: str | Path, ratio: float, seed: int
+) -> tuple[list[str], set[str]]:
+    """The training image list with unlabeled images mixed in, and the set of unlabeled files.
+
+    Every labeled image appears once; unlabeled images, in a seeded random order, are cycled until they make up
+    ``ratio`` of the list, so an epoch's batches hold that share on average and go through the very same
+    augmentation pipeline.
+
+    Args:
+        labeled: The labeled images.
+        unlabeled_dir: The folder of unlabeled images.
+        ratio: Share of unlabeled slots in the list, in (0, 0.95] (``KDConfig.unlabeled_ratio``).
+        seed: The run's seed (the same list on every DDP rank and on resume).
+
+    Returns:
+        The list (labeled first, repeats allowed) and the set of every unlabeled file.
+    """
+    unlabeled = [str(f) for f in image_files(Path(unlabeled_dir))]
+    n_unlabeled = max(1, round(len(labeled) * ratio / (1 - ratio)))
+    order = torch.randperm(len(unlabeled), generator=torch.Generator().manual_seed(seed)).tolist()
+    picked = [unlabeled[order[i % len(unlabeled)]] for i in range(n_unlabeled)]
+    return labeled + picked, set(unlabeled)
+
+
+def write_image_list(images: list[str], path: Path, rank: int) -> None:
+    """Write an image list (one path a line) whole, then rename it into place.
+
+    Args:
+        images: The paths.
+        path: The list file.
+        rank: This process's rank: DDP ranks write the same list, each through its own temporary file.
+    """
+    tmp = path.with_suffix(f".{rank}.tmp")
+    tmp.write_text("\n".join(images) + "\n")
+    os.replace(tmp, path)
+
+
+def sample_mixing(args: Any, epoch: int, epochs: int) -> list[str]:
+    """The sample-mixing augmentations on in an epoch.
+
+    Args:
+        args: Ultralytics' train args (``mosaic``, ``mixup``, ``cutmix``, ``close_mosaic``).
+        epoch: The epoch, from 0.
+        epochs: Epochs in the run.
+
+    Returns:
+        Their names; none once Ultralytics closes mosaic (it turns every mixing augmentation off for the last
+        ``close_mosaic`` epochs).
+    """
+    close = getattr(args, "close_mosaic", 0)
+    if close and epoch >= epochs - close:
+        return []
+    return sorted(k for k in MIXING_AUGMENTATIONS if getattr(args, k, 0))

@@ -1,0 +1,132 @@
+"""A run's KD settings, from the trainer's arguments or from the checkpoint it resumes; checked before any write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .classes import class_pairs, name_list
+from .config import KDConfig, KDConfigError, kd_keys, load_kd_config, load_recorded_config
+from .teacher import file_sha256, load_teacher_model
+
+
+@dataclass
+class RunSettings:
+    """What a KD run is made of, settled before Ultralytics' trainer is built.
+
+    Attributes:
+        cfg: The validated KD settings.
+        teacher_path: The teacher checkpoint's absolute path.
+        teacher_sha256: Its hash (None when a resumed run's recorded teacher file is gone).
+        teacher_model: The loaded teacher (fp32, CPU, not yet frozen).
+        state: The connectors' state to resume with, or None.
+    """
+
+    cfg: KDConfig
+    teacher_path: str
+    teacher_sha256: str | None
+    teacher_model: nn.Module
+    state: dict[str, Any] | None = None
+
+
+def pop_kd_args(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Take the KD keys out of Ultralytics' overrides, so Ultralytics' own keys pass untouched.
+
+    Args:
+        overrides: The trainer's overrides, changed in place.
+
+    Returns:
+        The KD keys and their values.
+
+    Raises:
+        KDConfigError: A ``kd_*`` key that is not a KD key (a misspelling Ultralytics would report less clearly).
+    """
+    kd_args = {k: overrides.pop(k) for k in list(overrides) if k in kd_keys()}
+    unknown = sorted(k for k in overrides if k.startswith("kd_"))
+    if unknown:
+        raise KDConfigError(f"unknown KD key(s) {unknown}; valid keys: {list(kd_keys())}")
+    return kd_args
+
+
+def settings_from_checkpoint(record: dict[str, Any], kd_args: dict[str, Any]) -> RunSettings:
+    """A resumed run's settings: those recorded in its checkpoint; only ``teacher=`` may point to a moved file.
+
+    Args:
+        record: The checkpoint's KD record (``checkpoint.resume_record``).
+        kd_args: The KD keys given with ``resume=`` (all but ``teacher`` are ignored, with a warning).
+
+    Returns:
+        The settings.
+
+    Raises:
+        KDConfigError: The teacher file differs from the one the run was trained with (hash), or is unreadable.
+    """
+    from ultralytics.utils import LOGGER, colorstr
+
+    ignored = sorted(k for k in kd_args if k != "teacher")
+    if ignored:
+        LOGGER.warning(f"{colorstr('yolo-kd:')} resume ignores {ignored}: KD settings come from the checkpoint")
+    teacher = kd_args.get("teacher") or record["teacher"]
+    sha = file_sha256(teacher) if Path(teacher).is_file() else None
+    recorded = record.get("teacher_sha256")
+    if recorded is not None and sha is not None and sha != recorded:
+        raise KDConfigError(f"teacher={teacher} is not the teacher this run was trained with (file hash differs)")
+    cfg = load_recorded_config(record["config"])
+    return RunSettings(cfg, str(Path(teacher).resolve()), sha, load_teacher_model(teacher), record.get("state"))
+
+
+def settings_from_arguments(kd_args: dict[str, Any], overrides: dict[str, Any]) -> RunSettings:
+    """A new run's settings, with the teacher checked against the student and data before anything is written.
+
+    Args:
+        kd_args: The KD keys (``pop_kd_args``).
+        overrides: Ultralytics' overrides (``model`` and ``data`` are read).
+
+    Returns:
+        The settings.
+
+    Raises:
+        KDConfigError: Bad KD values, an unreadable teacher, or a teacher/student pair that cannot be matched.
+    """
+    kd_args = dict(kd_args)
+    teacher = kd_args.pop("teacher", None)
+    cfg = load_kd_config(kd_args.pop("kd", None), **kd_args)
+    model = load_teacher_model(teacher)
+    check_pair(model, overrides.get("model"), overrides.get("data"), cfg)
+    return RunSettings(cfg, str(Path(teacher).resolve()), file_sha256(teacher), model)
+
+
+def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig) -> None:
+    """Check that teacher and student have the same strides and share classes, when both can be read from disk.
+
+    Args:
+        teacher: The teacher model.
+        model: Ultralytics' ``model=`` (a YAML or a ``.pt``; anything else is checked later, in the trainer).
+        data: Ultralytics' ``data=`` (a YAML file gives the class names).
+        cfg: The KD settings (``kd_class_map``).
+
+    Raises:
+        KDConfigError: Different strides, or no class in common.
+    """
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    from ultralytics.utils import YAML
+
+    data_names = None
+    if isinstance(data, (str, Path)) and str(data).endswith((".yaml", ".yml")) and Path(data).is_file():
+        data_names = name_list(YAML.load(data).get("names"))
+    if isinstance(model, (str, Path)) and str(model).endswith((".yaml", ".yml")):
+        student_stride = DetectionModel(str(model), nc=len(data_names or [0]), verbose=False).stride
+    elif isinstance(model, (str, Path)) and str(model).endswith(".pt") and Path(model).is_file():
+        student_stride = load_checkpoint(model)[0].stride
+    else:
+        student_stride = None
+    if student_stride is not None and student_stride.tolist() != teacher.stride.tolist():
+        raise KDConfigError(
+            f"teacher strides {teacher.stride.int().tolist()} differ from the student's "
+            f"{student_stride.int().tolist()}: their head maps cannot be matched"
+        )
+    if data_names is not None:
+        class_pairs(data_names, name_list(teacher.names), cfg.kd_class_map)
