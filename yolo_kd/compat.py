@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -145,3 +146,23 @@ def criterion_detached(model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         model.criterion = criterion
+
+
+@contextmanager
+def checkpoints_written_to(trainer: Any, last: Path, best: Path) -> Iterator[None]:
+    """Inside the block, Ultralytics' ``save_model`` writes ``last.pt``/``best.pt`` to other (scratch) paths.
+
+    Ultralytics writes its checkpoint files in place, so a kill in mid-write would leave a truncated ``last.pt``;
+    the caller completes the scratch files and moves them into place atomically (``checkpoint.complete_checkpoints``).
+
+    Args:
+        trainer: The trainer whose ``last``/``best`` paths ``save_model`` reads.
+        last: Scratch path for ``last.pt``.
+        best: Scratch path for ``best.pt``.
+    """
+    own = trainer.last, trainer.best
+    trainer.last, trainer.best = last, best
+    try:
+        yield
+    finally:
+        trainer.last, trainer.best = own

@@ -19,7 +19,7 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "kd"
 INIT_NAMES = ("teacher", "random")
 RUN_KEYS = ("teacher", "kd")  # KD keys of a training run besides the KDConfig fields
 TEMPERATURE_RANGE = (1e-3, 1e3)  # beyond it a softmax/sigmoid saturates to one-hot or flat: no useful soft target
-MAX_UNLABELED_RATIO = 0.95  # the mixed list holds ratio / (1 - ratio) unlabelled slots per labelled image
+MAX_UNLABELED_RATIO = 0.95  # the mixed list holds ratio / (1 - ratio) unlabeled slots per labeled image
 
 
 class KDConfigError(ValueError):
@@ -71,12 +71,12 @@ class KDConfig:
     """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
     matched by name (case, spaces and underscores ignored). Student classes without a teacher class get no logit KD."""
     unlabeled: str | None = None
-    """Folder of unlabelled images that join the training batches; on them the student learns from the teacher alone
+    """Folder of unlabeled images that join the training batches; on them the student learns from the teacher alone
     (every KD term, plus the teacher's confident boxes as pseudo-labels)."""
     unlabeled_ratio: float = 0.5
-    """Share of unlabelled images among the training images of an epoch (and so, on average, of a batch)."""
+    """Share of unlabeled images among the training images of an epoch (and so, on average, of a batch)."""
     kd_pseudo: bool = True
-    """Use the teacher's confident boxes as detection targets on unlabelled images (False: KD terms only there)."""
+    """Use the teacher's confident boxes as detection targets on unlabeled images (False: KD terms only there)."""
     kd_pseudo_conf: float = 0.5
     """Confidence a teacher box needs to become a pseudo-label."""
     kd_teacher_amp: bool = True

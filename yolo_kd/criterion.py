@@ -61,7 +61,7 @@ class KDLoss:
         cfg: The KD settings.
         reg_max: The student's DFL bins per side.
         class_pairs: (student class, teacher class) pairs; None means the same classes in the same order.
-        unlabeled_files: Image paths of the unlabeled images mixed into training (pseudo-labelled).
+        unlabeled_files: Image paths of the unlabeled images mixed into training (pseudo-labeled).
 
     Attributes:
         schedule (float): This epoch's share of the KD gains, set by ``set_epoch``.

@@ -39,10 +39,12 @@ class DetectTap:
         self.feats = list(inputs[0])
 
     def __enter__(self) -> DetectTap:
+        """Register the hook on the head; it captures the head's input maps on each forward pass."""
         self._handle = self.head.register_forward_pre_hook(self._capture)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Remove the hook and forget any captured maps, also when the block raised."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None

@@ -79,7 +79,7 @@ def log_setup(
 
 
 def log_mixed_list(n_labeled: int, n_slots: int, n_unlabeled: int, ratio: float, path: Path, mixing: list[str]) -> None:
-    """Log the mixed labeled/unlabeled training list, and that mixed samples are all pseudo-labelled.
+    """Log the mixed labeled/unlabeled training list, and that mixed samples are all pseudo-labeled.
 
     Args:
         n_labeled: Labeled images in the list.
@@ -92,15 +92,15 @@ def log_mixed_list(n_labeled: int, n_slots: int, n_unlabeled: int, ratio: float,
     if not _main_process():
         return
     LOGGER.info(
-        f"{PREFIX} training on {n_labeled} labelled + {n_slots} unlabelled image slots "
-        f"({n_unlabeled} unlabelled images, unlabeled_ratio={ratio}); list: {path}"
+        f"{PREFIX} training on {n_labeled} labeled + {n_slots} unlabeled image slots "
+        f"({n_unlabeled} unlabeled images, unlabeled_ratio={ratio}); list: {path}"
     )
     # A mixed sample keeps only its lead image's file name, so an unlabeled tile under a labeled lead cannot be told
     # apart and would train as empty background.
     if mixing:
         LOGGER.info(
             f"{PREFIX} unlabeled= with {mixing}: teacher pseudo-labels go on every training sample while mixing is on "
-            "(a mixed sample may hold unlabelled tiles)"
+            "(a mixed sample may hold unlabeled tiles)"
         )
 
 

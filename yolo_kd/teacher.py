@@ -93,6 +93,14 @@ class FrozenTeacher(nn.Module):
         self.names = getattr(self.model, "names", {})
 
     def train(self, mode: bool = True) -> FrozenTeacher:
+        """Stay in eval mode whatever is asked (the teacher's BatchNorm statistics must never move).
+
+        Args:
+            mode: Ignored.
+
+        Returns:
+            The teacher, in eval mode.
+        """
         return super().train(False)
 
     @torch.no_grad()

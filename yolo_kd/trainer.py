@@ -13,25 +13,8 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, RANK, YAML
 from ultralytics.utils.torch_utils import unwrap_model
 
-from . import report
-from .checkpoint import (
-    complete_checkpoints,
-    connector_state,
-    drop_connector_state,
-    kd_record,
-    load_connector_state,
-    read_kd_record,
-    resume_record,
-    trim_results_csv,
-)
+from . import checkpoint, compat, report
 from .classes import class_pairs, is_identity, name_list
-from .compat import (
-    amp_check_offline,
-    args_without,
-    average_gradients,
-    criterion_detached,
-    torchrun_world_size,
-)
 from .config import kd_keys
 from .criterion import KDLoss, probe_head_channels
 from .distiller import Distiller, box_kd_reason
@@ -40,7 +23,7 @@ from .mixing import labeled_images, mixed_image_list, sample_mixing, write_image
 from .settings import pop_kd_args, settings_from_arguments, settings_from_checkpoint
 from .teacher import FrozenTeacher
 
-__all__ = ["KDDetectionTrainer", "kd_keys", "read_kd_record"]
+__all__ = ["KDDetectionTrainer"]
 
 
 class KDDetectionTrainer(DetectionTrainer):
@@ -75,44 +58,32 @@ class KDDetectionTrainer(DetectionTrainer):
         """
         overrides = dict(overrides or {})
         kd_args = pop_kd_args(overrides)
-        record = resume_record(overrides.get("resume"))
-        if record is not None:
-            settings = settings_from_checkpoint(record, kd_args)
-        else:
-            settings = settings_from_arguments(kd_args, overrides)
-        self.kd_cfg, self.teacher_path, self.teacher_sha256 = (
-            settings.cfg,
-            settings.teacher_path,
-            settings.teacher_sha256,
-        )
-        self._teacher_model, self._resume_state = settings.teacher_model, settings.state
+        record = checkpoint.resume_record(overrides.get("resume"))
+        resumed = record is not None
+        settings = settings_from_checkpoint(record, kd_args) if resumed else settings_from_arguments(kd_args, overrides)
+        self.kd_cfg, self.teacher_path = settings.cfg, settings.teacher_path
+        self.teacher_sha256, self._resume_state = settings.teacher_sha256, settings.state
+        self._teacher_model = settings.teacher_model
         self.teacher: FrozenTeacher | None = None
         self.distiller: Distiller | None = None
         self.class_pairs: list[tuple[int, int]] = []
+        self._class_map: list[tuple[int, int]] | None = None
         self.unlabeled_files: set[str] = set()
         self.student_init = "an unknown init"  # set by get_model (under DDP it runs in the workers only)
         super().__init__(cfg, overrides, _callbacks)
         self.add_callback("on_train_epoch_start", KDDetectionTrainer._set_kd_epoch)
         self.add_callback("on_train_epoch_end", KDDetectionTrainer._report_dropped_kd)
-        self.world_size = torchrun_world_size(self.world_size)
+        self.world_size = compat.torchrun_world_size(self.world_size)
         # The KD settings ride along in args: Ultralytics' multi-GPU launch rebuilds this trainer in each worker from
         # vars(args) alone, and args.yaml should say how the run was made. Checkpoints get them stripped (save_model).
-        for key, value in self.kd_args().items():
+        for key, value in {"teacher": self.teacher_path, **self.kd_cfg.to_dict()}.items():
             setattr(self.args, key, value)
         if RANK in {-1, 0}:
             YAML.save(self.save_dir / "args.yaml", vars(self.args))
 
-    def kd_args(self) -> dict[str, Any]:
-        """Every KD key with its value for this run.
-
-        Returns:
-            The teacher path and the full, validated KD config.
-        """
-        return {"teacher": self.teacher_path, **self.kd_cfg.to_dict()}
-
     def get_validator(self):
         """Ultralytics' validator; it re-parses args with get_cfg, which must not see the KD keys."""
-        with args_without(self.args, kd_keys()):
+        with compat.args_without(self.args, kd_keys()):
             return super().get_validator()
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True):
@@ -137,7 +108,9 @@ class KDDetectionTrainer(DetectionTrainer):
             student, cfg = unwrap_model(self.model), self.kd_cfg
             t_names, s_names = name_list(self._teacher_model.names), name_list(self.data["names"])
             self.class_pairs = class_pairs(s_names, t_names, cfg.kd_class_map)
-            if not is_identity(self.class_pairs, len(s_names), len(t_names)):
+            # None: the classes coincide index for index, and the criterion needs no class map
+            self._class_map = None if is_identity(self.class_pairs, len(s_names), len(t_names)) else self.class_pairs
+            if self._class_map is not None:
                 report.log_class_map(self.class_pairs, s_names, t_names)
             self.teacher = FrozenTeacher(
                 self._teacher_model, self.device, amp=cfg.kd_teacher_amp, feats=cfg.kd_feat > 0
@@ -146,7 +119,7 @@ class KDDetectionTrainer(DetectionTrainer):
             channels = probe_head_channels(student), probe_head_channels(self.teacher.model)
             self.distiller = Distiller(*channels, cfg).to(self.device)
             if self._resume_state:
-                load_connector_state(self.distiller, self._resume_state)
+                checkpoint.load_connector_state(self.distiller, self._resume_state)
             box_off = box_kd_reason(cfg, student.model[-1].reg_max, self.teacher.reg_max)
             report.log_setup(cfg, self.teacher_path, self.teacher.dtype, self.device, channels, box_off)
         return ckpt
@@ -169,17 +142,13 @@ class KDDetectionTrainer(DetectionTrainer):
         The criterion is set after Ultralytics has made its EMA copy of the student here, so that copy, the
         validation model and every checkpoint derived from it never hold the teacher.
         """
-        with amp_check_offline():
+        with compat.amp_check_offline():
             super()._setup_train()
         model = unwrap_model(self.model)
         base = getattr(model, "criterion", None) or model.init_criterion()
-        pairs = (
-            None
-            if is_identity(self.class_pairs, len(name_list(self.data["names"])), self.teacher.nc)
-            else self.class_pairs
-        )
+        reg_max = model.model[-1].reg_max
         model.criterion = KDLoss(
-            base, self.teacher, self.distiller, self.kd_cfg, model.model[-1].reg_max, pairs, self.unlabeled_files
+            base, self.teacher, self.distiller, self.kd_cfg, reg_max, self._class_map, self.unlabeled_files
         )
 
     def preprocess_batch(self, batch: dict) -> dict:
@@ -226,16 +195,16 @@ class KDDetectionTrainer(DetectionTrainer):
     def optimizer_step(self):
         """Average the connectors' gradients over ranks (they are outside DDP), then step as Ultralytics does."""
         if self.world_size > 1 and self.distiller is not None and torch.distributed.is_initialized():
-            average_gradients(self.distiller.parameters(), self.world_size)
+            compat.average_gradients(self.distiller.parameters(), self.world_size)
         super().optimizer_step()
 
     def _handle_nan_recovery(self, epoch):
         """Ultralytics restores the student and optimizer from last.pt; the connectors come back with them."""
-        with criterion_detached(unwrap_model(self.model)):  # its EMA is rebuilt as a deep copy of the student
+        with compat.criterion_detached(unwrap_model(self.model)):  # its EMA is rebuilt as a deep copy of the student
             recovered = super()._handle_nan_recovery(epoch)
-        state = (read_kd_record(self.last) or {}).get("state") if recovered and self.distiller is not None else None
-        if state:
-            load_connector_state(self.distiller, state)
+        record = (checkpoint.read_kd_record(self.last) or {}) if recovered and self.distiller is not None else {}
+        if record.get("state"):
+            checkpoint.load_connector_state(self.distiller, record["state"])
         return recovered
 
     def _model_train(self):
@@ -253,37 +222,24 @@ class KDDetectionTrainer(DetectionTrainer):
                 unwrap_model(self.model).criterion = None
             self.teacher = self.distiller = None  # a YOLO object keeps its trainer: release the teacher's memory
 
-    def kd_record(self, with_state: bool) -> dict[str, Any]:
-        """The KD record for this run's checkpoints (see ``checkpoint.kd_record``).
-
-        Args:
-            with_state: Include the connectors' state (``last.pt``, for resume).
-
-        Returns:
-            The record.
-        """
-        state = connector_state(self.distiller) if with_state and self.distiller is not None else None
-        return kd_record(self.kd_cfg, self.teacher_path, self.teacher_sha256, state)
-
     def save_model(self):
-        """Save as Ultralytics does, into scratch files completed with the KD record and moved into place atomically.
+        """Save as Ultralytics does, then complete the checkpoints with the KD record and move them into place.
 
-        Ultralytics writes its checkpoint files in place, so a kill in mid-write would leave a truncated ``last.pt``;
-        this way ``last.pt`` and ``best.pt`` are always whole checkpoints of some finished epoch.
+        Ultralytics writes to scratch files, each moved into place atomically once complete, so ``last.pt`` and
+        ``best.pt`` are always whole checkpoints of some finished epoch.
         """
         last, best = self.last, self.best
         scratch_last, scratch_best = (p.with_name(f"partial-{p.name}") for p in (last, best))
         for p in (scratch_last, scratch_best):
             p.unlink(missing_ok=True)
-        self.last, self.best = scratch_last, scratch_best
-        try:
+        with compat.checkpoints_written_to(self, scratch_last, scratch_best):
             saved = super().save_model()
-        finally:
-            self.last, self.best = last, best
         if saved and RANK in {-1, 0}:
             periodic = self.save_period > 0 and self.epoch % self.save_period == 0
             targets = {"last": last, "best": best, "epoch": self.wdir / f"epoch{self.epoch}.pt" if periodic else None}
-            complete_checkpoints(scratch_last, scratch_best, targets, self.kd_record(with_state=True), kd_keys())
+            state = checkpoint.connector_state(self.distiller) if self.distiller is not None else None
+            record = checkpoint.kd_record(self.kd_cfg, self.teacher_path, self.teacher_sha256, state)
+            checkpoint.complete_checkpoints(scratch_last, scratch_best, targets, record, kd_keys())
         for p in (scratch_last, scratch_best):
             p.unlink(missing_ok=True)
         return saved
@@ -292,12 +248,12 @@ class KDDetectionTrainer(DetectionTrainer):
         """Resume as Ultralytics does, and drop ``results.csv`` rows of epochs the checkpoint does not hold."""
         super().resume_training(ckpt)
         if ckpt is not None and self.resume and RANK in {-1, 0} and self.csv.is_file():
-            dropped = trim_results_csv(self.csv, self.start_epoch)
+            dropped = checkpoint.trim_results_csv(self.csv, self.start_epoch)
             if dropped:
                 report.warn_trimmed(dropped, self.start_epoch)
 
     def final_eval(self):
         """Finished checkpoints cannot be resumed, so the connector state leaves ``last.pt`` too."""
         if RANK in {-1, 0} and self.last.exists():
-            drop_connector_state(self.last)
+            checkpoint.drop_connector_state(self.last)
         return super().final_eval()

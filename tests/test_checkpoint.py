@@ -1,0 +1,98 @@
+"""Checkpoint files: the one loader, the KD record, connector state, atomic writes and the results.csv trim."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolo_kd.checkpoint import (
+    atomic_save,
+    complete_checkpoints,
+    connector_state,
+    drop_connector_state,
+    kd_record,
+    load_checkpoint_file,
+    load_connector_state,
+    read_kd_record,
+    resume_record,
+    trim_results_csv,
+)
+from yolo_kd.config import KDConfig, KDConfigError, load_kd_config
+from yolo_kd.distiller import Distiller
+
+
+class Foreign:
+    """A class outside Ultralytics' safe-load allow-list."""
+
+
+def test_loader_honours_ultralytics_safe_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.pt"
+    torch.save({"train_args": {}, "extra": Foreign()}, path)
+    assert isinstance(load_checkpoint_file(path)["extra"], Foreign)  # default: Ultralytics' full unpickling
+    from ultralytics.nn import tasks
+
+    if not tasks._SafeLoad.SUPPORTED:
+        pytest.skip("this torch has no weights_only allow-list")
+    monkeypatch.setattr(tasks, "SAFE_LOAD", True)  # what ULTRALYTICS_SAFE_LOAD=1 sets
+    with pytest.raises(TypeError, match="outside the supported"):
+        load_checkpoint_file(path)
+
+
+def test_record_round_trip_and_finished_runs_lose_the_state(tmp_path: Path) -> None:
+    cfg = load_kd_config("full")
+    distiller = Distiller([4, 8], [8, 16], cfg)
+    record = kd_record(cfg, "/t.pt", "abc", connector_state(distiller))
+    path = tmp_path / "last.pt"
+    atomic_save({"train_args": {"epochs": 3}, "kd": record}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"], "no temporary file left"
+    read = read_kd_record(path)
+    assert read["config"] == cfg.to_dict() and read["teacher"] == "/t.pt" and read["teacher_sha256"] == "abc"
+    other = Distiller([4, 8], [8, 16], cfg)
+    load_connector_state(other, read["state"])
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in distiller.state_dict().items())
+    drop_connector_state(path)
+    assert "state" not in read_kd_record(path) and read_kd_record(path)["config"] == cfg.to_dict()
+
+
+def test_connector_state_written_before_mgd_generators_became_connectors_loads() -> None:
+    cfg = KDConfig(kd_feat=1.0, kd_feat_loss="mgd")
+    distiller = Distiller([4], [8], cfg)
+    old = {k.replace("generators.", "feature_losses."): v + 1 for k, v in connector_state(distiller).items()}
+    load_connector_state(distiller, old)
+    assert torch.equal(distiller.generators[0].generator[0].bias, old["feature_losses.0.generator.0.bias"])
+
+
+def test_complete_checkpoints_strips_kd_args_and_keeps_state_out_of_best(tmp_path: Path) -> None:
+    scratch_last, scratch_best = tmp_path / "partial-last.pt", tmp_path / "partial-best.pt"
+    for p in (scratch_last, scratch_best):
+        torch.save({"train_args": {"epochs": 2, "teacher": "/t.pt", "kd_cls": 1.0}}, p)
+    record = kd_record(KDConfig(), "/t.pt", "abc", {"w": torch.zeros(1)})
+    targets = {"last": tmp_path / "last.pt", "best": tmp_path / "best.pt", "epoch": tmp_path / "epoch1.pt"}
+    complete_checkpoints(scratch_last, scratch_best, targets, record, ("teacher", "kd_cls"))
+    for name in ("last.pt", "epoch1.pt", "best.pt"):
+        ckpt = load_checkpoint_file(tmp_path / name)
+        assert ckpt["train_args"] == {"epochs": 2}, name
+        assert ("state" in ckpt["kd"]) == (name != "best.pt"), name
+
+
+def test_resume_record_refuses_what_yolo_kd_did_not_write(tmp_path: Path) -> None:
+    assert resume_record(False) is None
+    with pytest.raises(KDConfigError, match="no such checkpoint"):
+        resume_record(tmp_path / "missing.pt")
+    plain = tmp_path / "plain.pt"
+    torch.save({"train_args": {"epochs": 2}}, plain)
+    with pytest.raises(KDConfigError, match="not written by yolo-kd"):
+        resume_record(plain)
+    # killed between Ultralytics' write and yolo-kd's: the record comes from train_args, without connector state
+    torch.save({"train_args": {"teacher": "/t.pt", "kd_cls": 2.0, "epochs": 2}}, plain)
+    assert resume_record(plain) == {"config": {"kd_cls": 2.0}, "teacher": "/t.pt"}
+
+
+def test_results_rows_past_the_checkpoint_are_dropped(tmp_path: Path) -> None:
+    csv = tmp_path / "results.csv"
+    csv.write_text("epoch,loss\n1,0.5\n2,0.4\n3,0.3\n")
+    assert trim_results_csv(csv, 2) == 1
+    assert csv.read_text() == "epoch,loss\n1,0.5\n2,0.4\n"
+    assert trim_results_csv(csv, 2) == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]

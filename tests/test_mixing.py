@@ -1,0 +1,47 @@
+"""The mixed labeled/unlabeled image list and the epochs with sample mixing, without a trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+
+from yolo_kd.mixing import labeled_images, mixed_image_list, sample_mixing, write_image_list
+
+
+def _images(folder: Path, n: int) -> list[str]:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i}.png"), np.zeros((4, 4, 3), dtype=np.uint8))
+    return sorted(str(p.resolve()) for p in folder.glob("*.png"))
+
+
+def test_mixed_list_holds_every_labeled_image_and_the_unlabeled_share(tmp_path: Path) -> None:
+    labeled = _images(tmp_path / "lab", 6)
+    unlabeled = _images(tmp_path / "unl", 4)
+    images, files = mixed_image_list(labeled, tmp_path / "unl", 0.75, seed=0)
+    assert files == set(unlabeled)
+    assert images[:6] == labeled and len(images) == 6 + 18  # 0.75 / 0.25 = 3 unlabeled slots per labeled image
+    assert set(images[6:]) == set(unlabeled) and all(images[6:].count(f) in (4, 5) for f in unlabeled)  # cycled
+    assert mixed_image_list(labeled, tmp_path / "unl", 0.75, seed=0)[0] == images  # the same list on every rank
+    assert mixed_image_list(labeled, tmp_path / "unl", 0.75, seed=1)[0] != images
+
+
+def test_labeled_images_from_folders_and_list_files(tmp_path: Path) -> None:
+    labeled = _images(tmp_path / "lab", 2)
+    (tmp_path / "train.txt").write_text("./lab/0.png\n/abs/x.png\n")
+    assert labeled_images(tmp_path / "lab") == labeled
+    assert labeled_images([tmp_path / "train.txt"]) == [str(tmp_path / "lab" / "0.png"), "/abs/x.png"]
+    out = tmp_path / "list.txt"
+    write_image_list(["a.png", "b.png"], out, rank=-1)
+    assert out.read_text() == "a.png\nb.png\n" and sorted(p.name for p in tmp_path.glob("list*")) == ["list.txt"]
+
+
+def test_sample_mixing_stops_when_ultralytics_closes_mosaic() -> None:
+    args = SimpleNamespace(mosaic=1.0, mixup=0.0, cutmix=0.5, close_mosaic=2)
+    assert [sample_mixing(args, e, 5) for e in range(5)] == [["cutmix", "mosaic"]] * 3 + [[], []]
+    assert sample_mixing(SimpleNamespace(mosaic=1.0, close_mosaic=10), 0, 3) == []  # closed from the first epoch
+    assert sample_mixing(SimpleNamespace(mosaic=1.0, close_mosaic=0), 9, 10) == ["mosaic"]  # never closed
+    assert sample_mixing(SimpleNamespace(mosaic=0.0, close_mosaic=0), 0, 10) == []
