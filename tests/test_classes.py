@@ -59,6 +59,7 @@ def _train(tmp_path: Path, name: str, **overrides) -> tuple[KDDetectionTrainer, 
     return trainer, rows
 
 
+@pytest.mark.slow
 def test_teacher_with_more_classes_distils_into_a_subset_in_another_order(
     data_yaml: str, teacher_pt: str, tmp_path: Path
 ) -> None:
@@ -69,6 +70,7 @@ def test_teacher_with_more_classes_distils_into_a_subset_in_another_order(
     assert rows[0]["train/kd_cls"] > 0 and rows[0]["train/kd_feat"] > 0
 
 
+@pytest.mark.slow
 def test_no_common_class_is_one_clear_error(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
     other = Path(data_yaml).with_name("unrelated.yaml")
     cfg = yaml.safe_load(Path(data_yaml).read_text())
@@ -82,6 +84,7 @@ def test_no_common_class_is_one_clear_error(data_yaml: str, teacher_pt: str, tmp
 
 
 @pytest.mark.parametrize(("student", "box_on"), [("yolo11n.yaml", True), ("yolo26n.yaml", False)])
+@pytest.mark.slow
 def test_yolov8_teacher_distils_into_other_families(
     data_yaml: str, teacher_pt: str, tmp_path: Path, student: str, box_on: bool
 ) -> None:
@@ -91,6 +94,7 @@ def test_yolov8_teacher_distils_into_other_families(
     assert (rows[0]["train/kd_box"] > 0) == box_on
 
 
+@pytest.mark.slow
 def test_end_to_end_yolo26_teacher_distils_into_yolov8(data_yaml: str, tmp_path: Path) -> None:
     from .conftest import _train as train_teacher
 

@@ -12,6 +12,9 @@ from yolo_kd.cli import main
 from .conftest import IMGSZ
 
 
+pytestmark = pytest.mark.slow  # end-to-end: a KD run, export or demo
+
+
 def test_demo_writes_report_plot_and_export(tmp_path: Path) -> None:
     if importlib.util.find_spec("onnx") is None:
         pytest.skip("the export extra is not installed (pip install -e .[export]); CI installs it")

@@ -12,6 +12,9 @@ import pytest
 from yolo_kd.cli import main
 
 
+pytestmark = pytest.mark.slow  # end-to-end: a KD run, export or demo
+
+
 @pytest.fixture()
 def student(kd_run: Path, tmp_path: Path) -> Path:
     """A copy of the distilled student, so exports land in a folder of this test's own."""

@@ -141,6 +141,7 @@ def test_bad_kd_init_value() -> None:
         load_kd_config(kd_init="xavier")
 
 
+@pytest.mark.slow
 def test_trainer_starts_a_yaml_student_from_the_teacher_only(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
     teacher, _ = load_checkpoint(teacher_pt)
     want = teacher.state_dict()["model.0.conv.weight"][::2]

@@ -32,6 +32,7 @@ def _classes(out: Path) -> set[str]:
     return {line.split()[0] for p in (out / "labels").rglob("*.txt") for line in p.read_text().splitlines()}
 
 
+@pytest.mark.slow
 def test_label_writes_a_dataset_ultralytics_trains_on(teacher_pt: str, raw_images: Path, tmp_path: Path) -> None:
     from ultralytics import YOLO
 
@@ -73,6 +74,7 @@ def test_label_writes_a_dataset_ultralytics_trains_on(teacher_pt: str, raw_image
     assert again["labelled_now"] == 0 and again["skipped_already_labelled"] == len(labels)
 
 
+@pytest.mark.slow
 def test_label_maps_to_student_names_and_uses_the_users_val(
     data_yaml: str, teacher_pt: str, raw_images: Path, tmp_path: Path
 ) -> None:
@@ -89,6 +91,7 @@ def test_label_maps_to_student_names_and_uses_the_users_val(
     assert summary["train_images"] == len(list(raw_images.glob("*.png")))
 
 
+@pytest.mark.slow
 def test_label_never_writes_into_an_existing_dataset(
     data_yaml: str, teacher_pt: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -112,6 +115,7 @@ def test_label_never_writes_into_an_existing_dataset(
     assert _snapshot(tmp_path) == after
 
 
+@pytest.mark.slow
 def test_label_resumes_only_with_the_same_settings(
     teacher_pt: str, raw_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -140,6 +144,7 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_label_refusals_write_nothing(teacher_pt: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -159,6 +164,7 @@ def test_label_refusals_write_nothing(teacher_pt: str, tmp_path: Path, capsys: p
     assert not (tmp_path / "empty_labelled").exists()
 
 
+@pytest.mark.slow
 def test_label_bad_values_are_one_line_and_write_nothing(
     teacher_pt: str, raw_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -180,6 +186,7 @@ def test_label_bad_values_are_one_line_and_write_nothing(
     assert _snapshot(tmp_path) == before and not (tmp_path / "raw_labelled").exists()
 
 
+@pytest.mark.slow
 def test_training_with_unlabeled_images_uses_teacher_pseudo_labels(
     data_yaml: str, teacher_pt: str, raw_images: Path, tmp_path: Path
 ) -> None:
@@ -218,6 +225,7 @@ def test_training_with_unlabeled_images_uses_teacher_pseudo_labels(
     assert all(row[f"train/{k}"] > 0 for k in ("kd_cls", "kd_box", "kd_feat", "box_loss", "cls_loss"))
 
 
+@pytest.mark.slow
 def test_bad_unlabeled_folders_are_refused(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
     from yolo_kd import KDConfigError, KDDetectionTrainer
 
