@@ -11,7 +11,6 @@ from yolo_kd.cli import main
 
 from .conftest import IMGSZ
 
-
 pytestmark = pytest.mark.slow  # end-to-end: a KD run, export or demo
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from yolo_kd.cli import main
 
-
 pytestmark = pytest.mark.slow  # end-to-end: a KD run, export or demo
 
 
