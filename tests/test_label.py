@@ -135,6 +135,11 @@ def test_label_resumes_only_with_the_same_settings(
     assert "would not replace" in err and _snapshot(out) == before
     again = label_folder(teacher_pt, raw_images, conf=0.5, out=out, overwrite=True)
     assert again["labelled_now"] == first["images"] and again["skipped_already_labelled"] == 0
+    # a source that gained an image would draw another split: not a resume
+    shutil.copy(next(raw_images.glob("*.png")), raw_images / "new.png")
+    before = _snapshot(out)
+    err = _refused([f"model={teacher_pt}", f"source={raw_images}", f"out={out}", "conf=0.5"], capsys)
+    assert "(images differ)" in err and _snapshot(out) == before
 
 
 def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:

@@ -15,6 +15,7 @@ The source folder, its label files and any data YAML beside it are only ever rea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -180,6 +181,8 @@ def plan_labels(req: LabelRequest) -> LabelPlan:
     labels = _label_paths(images, src)
     settings = {
         "source": str(src),
+        # the split is drawn from the file list: another list would move images between splits on resume
+        "images": hashlib.sha256("\n".join(str(f.relative_to(src)) for f in files).encode()).hexdigest(),
         "model_sha256": file_sha256(req.model),
         "conf": req.conf,
         "iou": req.iou,
@@ -263,7 +266,10 @@ def _check_out(dst: Path, settings: dict[str, Any], overwrite: bool) -> bool:
     if not dst.exists() or not any(dst.iterdir()):
         return False
     marker = dst / MARKER
-    recorded = json.loads(marker.read_text()) if marker.is_file() else None
+    try:
+        recorded = json.loads(marker.read_text()) if marker.is_file() else None
+    except (OSError, ValueError):
+        recorded = None  # an edited or foreign marker: treat the folder as not ours
     if recorded == settings:
         return True
     if overwrite:
