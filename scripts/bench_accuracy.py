@@ -1,15 +1,25 @@
 """Accuracy benchmark: baseline student vs Ultralytics' native distill_model= vs yolo-kd presets, same data and seeds.
 
-Trains (or reuses) a teacher on the generated dataset, then for each seed trains the student with every method under
-identical settings, prints a table of mAP50 / mAP50-95 (mean and spread over seeds) and appends it, with the command,
-date and machine, to docs/BENCHMARKS.md.
+Two regimes. ``scratch`` (the first round's): the student is built from its YAML (random weights) and the teacher is
+trained on the target data. ``finetune`` (the users' regime): a ``source`` domain plays COCO's part; the student
+(yolov8n) and a deeper teacher (yolov8m by default) are pretrained on it, the teacher is fine-tuned on the target,
+and every method fine-tunes the pretrained student ``.pt`` on the target, as users fine-tune ``yolov8n.pt``.
+Pretrained checkpoints are cached under the project folder by the content of what made them (model, data settings,
+schedule, parent checkpoint's hash) and reused only if their run completed.
+
+For each seed every method trains under identical settings; the script prints a table of mAP50 / mAP50-95 (mean and
+spread over seeds), the baseline's rise over the last quarter of its epochs (is it at its plateau?), and appends both,
+with the command, date and machine, to docs/BENCHMARKS.md.
 
     python scripts/bench_accuracy.py --epochs 20 --teacher-epochs 40 --imgsz 160 --seeds 0 1
+    python scripts/bench_accuracy.py --regime finetune --teacher-model yolov8m.yaml --imgsz 128 --seeds 0 1 \\
+        --methods baseline native default
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -81,7 +91,7 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         device=args.device,
         verbose=False,
     )
-    model = YOLO(args.student)
+    model = YOLO(args.student_pt or args.student)
     t0 = time.time()
     if method.endswith(("_lab", "_lab_unl")):
         data, unlabeled = split_dataset(data, args.label_fraction)
@@ -117,6 +127,7 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         "mAP50-95": float(m["metrics/mAP50-95(B)"]),
         "minutes": (time.time() - t0) / 60,
         "setting": setting(args, teacher),
+        "run": str(model.trainer.save_dir),
     }
 
 
@@ -188,7 +199,80 @@ def split_dataset(data: str, fraction: float) -> tuple[str, str]:
 
 def setting(args: argparse.Namespace, teacher: str) -> str:
     """Results are comparable only within one setting; the table pools runs of the same one across invocations."""
-    return f"{args.student}|{teacher}|e{args.epochs}|{args.imgsz}|b{args.batch}|n{args.n_train}"
+    return f"{args.student_pt or args.student}|{teacher}|e{args.epochs}|{args.imgsz}|b{args.batch}|n{args.n_train}"
+
+
+def finished_run(run_dir: Path, **expected: object) -> str | None:
+    """``best.pt`` of a run that completed with these train arguments, else None.
+
+    Ultralytics strips ``last.pt`` when a run ends (its ``epoch`` becomes -1); a run killed earlier leaves a
+    ``best.pt`` of some epoch that must not pass for a finished model.
+    """
+    from ultralytics.utils.patches import torch_load
+
+    last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
+    if not (last.is_file() and best.is_file()):
+        return None
+    ckpt = torch_load(last, map_location="cpu")
+    train_args = ckpt.get("train_args", {})
+    if ckpt.get("epoch") != -1 or any(train_args.get(k) != v for k, v in expected.items()):
+        return None
+    return str(best)
+
+
+def content_key(*parts: object) -> str:
+    """A short hash of what makes a checkpoint: settings, and the bytes of any file among them."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, (str, Path)) and Path(part).is_file() and str(part).endswith(".pt"):
+            h.update(hashlib.sha256(Path(part).read_bytes()).digest())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:10]
+
+
+def cached_training(model: str, data: str, epochs: int, label: str, args: argparse.Namespace, project: Path) -> str:
+    """Train ``model`` on ``data`` once (seed 0) and return its ``best.pt``; a completed earlier run is reused."""
+    data_spec = (Path(data).parent / Path(data).stem / ".yolo-kd-dataset.json").read_text()
+    key = content_key(model, data_spec, epochs, args.imgsz, args.batch)
+    run_dir = project / f"{label}_{Path(model).stem}_{key}"
+    expected = dict(data=data, epochs=epochs, imgsz=args.imgsz, batch=args.batch, seed=0)
+    best = finished_run(run_dir, **expected)
+    if best is not None:
+        print(f"reusing {best} (completed run, same settings)", flush=True)
+        return best
+    if run_dir.exists():
+        print(f"{run_dir} did not complete: training it again", flush=True)
+    YOLO(model).train(
+        **expected,
+        workers=args.workers,
+        project=str(project),
+        name=run_dir.name,
+        exist_ok=True,
+        plots=False,
+        device=args.device,
+    )
+    best = finished_run(run_dir, **expected)
+    if best is None:
+        raise SystemExit(f"{run_dir}: training did not complete")
+    return best
+
+
+def plateau(results: list[dict]) -> str:
+    """The baseline's mAP50-95 rise over the last quarter of its epochs, per seed (read from its results.csv)."""
+    rises = []
+    for r in sorted((r for r in results if r["method"] == "baseline" and r.get("run")), key=lambda r: r["seed"]):
+        csv = Path(r["run"]) / "results.csv"
+        if not csv.is_file():
+            continue
+        lines = [ln.split(",") for ln in csv.read_text().splitlines()]
+        col = [c.strip() for c in lines[0]].index("metrics/mAP50-95(B)")
+        curve = [float(ln[col]) for ln in lines[1:] if len(ln) > col]
+        start = curve[-(len(curve) // 4) - 1]  # the value a quarter of the epochs before the end
+        rises.append(f"seed {r['seed']}: {100 * (curve[-1] - start):+.2f} points ({start:.4f} -> {curve[-1]:.4f})")
+    if not rises:
+        return ""
+    return "Baseline over the last quarter of its epochs (plateau: under +0.5 points): " + "; ".join(rises) + "."
 
 
 def pool_key(result: dict) -> str:
@@ -244,8 +328,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--regime", choices=("scratch", "finetune"), default="scratch")
     p.add_argument("--student", default="yolov8n.yaml")
-    p.add_argument("--teacher-model", default="yolov8s.yaml")
+    p.add_argument("--teacher-model", default=None, help="default: yolov8s.yaml (scratch), yolov8m.yaml (finetune)")
+    p.add_argument("--source-epochs", type=int, default=30, help="finetune: pretraining epochs on the source domain")
+    p.add_argument("--teacher-source-epochs", type=int, default=None, help="finetune: the teacher's (default: same)")
+    p.add_argument("--source-n-train", type=int, default=600, help="finetune: source-domain training images")
     p.add_argument("--teacher", default=None, help="existing teacher checkpoint (skips teacher training)")
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--label-fraction", type=float, default=0.25, help="labelled share for the *_lab methods")
@@ -263,29 +351,32 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--project", default=str(ROOT / "runs" / "bench"))
+    p.add_argument("--data-root", default=str(ROOT / "datasets"), help="where the generated datasets go")
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     args = p.parse_args()
+    args.teacher_model = args.teacher_model or ("yolov8m.yaml" if args.regime == "finetune" else "yolov8s.yaml")
+    args.student_pt = None
 
     project = Path(args.project)
-    data = str(make_dataset(ROOT / "datasets", "kdshapes", args.n_train, args.n_val, args.imgsz, seed=0))
+    # the first round's set keeps its committed name; other sizes get their own folder (make_dataset never replaces)
+    sized = (args.n_train, args.n_val, args.imgsz) != (400, 100, 160)
+    name = f"kdshapes_{args.n_train}_{args.n_val}_{args.imgsz}" if sized else "kdshapes"
+    data = str(make_dataset(args.data_root, name, args.n_train, args.n_val, args.imgsz, seed=0))
     teacher = args.teacher
-    if teacher is None:
-        teacher_dir = project / f"teacher_{Path(args.teacher_model).stem}_e{args.teacher_epochs}_{args.imgsz}"
-        teacher = str(teacher_dir / "weights" / "best.pt")
-        if not Path(teacher).is_file():
-            YOLO(args.teacher_model).train(
-                data=data,
-                epochs=args.teacher_epochs,
-                imgsz=args.imgsz,
-                batch=args.batch,
-                seed=0,
-                workers=args.workers,
-                project=str(project),
-                name=teacher_dir.name,
-                exist_ok=True,
-                plots=False,
-                device=args.device,
-            )
+    if args.regime == "finetune":
+        bad = sorted(set(args.methods) & {"baseline_init", "native_init"})
+        if bad:
+            raise SystemExit(f"{bad}: the teacher init does not apply to a pretrained student")
+        project = project / "finetune"
+        src_name = f"kdsource_{args.source_n_train}_{args.imgsz}"
+        source = str(make_dataset(args.data_root, src_name, args.source_n_train, args.n_val, args.imgsz, 0, "source"))
+        args.student_pt = cached_training(args.student, source, args.source_epochs, "pretrain", args, project)
+        if teacher is None:
+            t_epochs = args.teacher_source_epochs or args.source_epochs
+            t_source = cached_training(args.teacher_model, source, t_epochs, "pretrain", args, project)
+            teacher = cached_training(t_source, data, args.teacher_epochs, "teacher", args, project)
+    elif teacher is None:
+        teacher = cached_training(args.teacher_model, data, args.teacher_epochs, "teacher", args, project)
     tm = YOLO(teacher).val(
         data=data,
         imgsz=args.imgsz,
@@ -317,6 +408,9 @@ def main() -> None:
         if "setting" in r and pool_key(r) == pool_key({"method": r["method"], "setting": here}):
             latest[(r["method"], r["seed"])] = r
     md = table(list(latest.values()), teacher_map)
+    curve = plateau(list(latest.values()))
+    if curve:
+        md += "\n\n" + curve
     print(md)
     cmd = "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:])
     cpu = platform.processor() or platform.machine()
@@ -324,8 +418,9 @@ def main() -> None:
         f"\n## Accuracy: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
         f"Command: `{cmd}`  \nMachine: {os.cpu_count()} CPU cores ({cpu}), device={args.device}, "
         f"torch {__import__('torch').__version__}, ultralytics {__import__('ultralytics').__version__}  \n"
-        f"Data: generated `kdshapes` ({args.n_train} train / {args.n_val} val, {args.imgsz} px, 10 classes); student "
-        f"{args.student}, teacher {teacher} ; {args.epochs} epochs, batch {args.batch}, "
+        f"Data: generated `kdshapes` ({args.n_train} train / {args.n_val} val, {args.imgsz} px, 10 classes); "
+        f"regime {args.regime}; student {regime_student(args)}, teacher {teacher} ; {args.epochs} epochs, "
+        f"batch {args.batch}, "
         f"{'every recorded seed (see the seeds column)' if args.table_only else f'seeds {args.seeds}'}. "
         f"'±' is half the spread (max - min) over seeds.\n\n"
     )
@@ -333,6 +428,18 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a") as f:
         f.write(header + md + "\n")
+
+
+def regime_student(args: argparse.Namespace) -> str:
+    """How the student starts, for the table's header."""
+    if args.student_pt is None:
+        return f"{args.student} (random init unless kd_init applies)"
+    return (
+        f"{args.student_pt} ({args.student} pretrained {args.source_epochs} epochs on the generated source domain, "
+        f"{args.source_n_train} images; the teacher {args.teacher_model} "
+        f"{args.teacher_source_epochs or args.source_epochs} epochs there, then fine-tuned "
+        f"{args.teacher_epochs} epochs on the target)"
+    )
 
 
 if __name__ == "__main__":

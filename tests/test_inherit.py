@@ -6,13 +6,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from ultralytics.nn.modules.block import Attention
+from ultralytics.nn.modules.block import Attention, C2f, PSABlock
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint, yaml_model_load
 
 from tests.conftest import tiny_trainer
 from yolo_kd.cli import parse_pairs
 from yolo_kd.config import KDConfigError, load_kd_config
-from yolo_kd.inherit import class_output_keys, evenly_spaced, inherit_weights, selection_plan
+from yolo_kd.inherit import (
+    chosen_blocks,
+    class_output_keys,
+    evenly_spaced,
+    inherit_weights,
+    selection,
+    selection_plan,
+)
 
 
 def _model(cfg: str | dict, nc: int = 3, seed: int = 0) -> DetectionModel:
@@ -82,6 +89,12 @@ def test_selection_is_consistent_through_every_layer(student_cfg: str, teacher_c
                 dropped[keep] = False
                 t[:, dropped] = 0
     assert inherit_weights(student, teacher, [(0, 0), (1, 1), (2, 2)]) is None
+    _assert_layers_match(student, teacher, {})
+
+
+def _assert_layers_match(student: DetectionModel, teacher: DetectionModel, kept: dict[int, torch.Tensor]) -> None:
+    """Every layer of the student computes the kept channels of the same teacher layer (``kept``, else evenly
+    spaced), and so do the detections."""
     outputs: dict[str, dict[str, torch.Tensor]] = {}
     for side, model in (("s", student), ("t", teacher)):
         for i, layer in enumerate(model.model[:-1]):
@@ -92,7 +105,7 @@ def test_selection_is_consistent_through_every_layer(student_cfg: str, teacher_c
         s_out, t_out = student(x), teacher(x)
     for i, pair in outputs.items():
         s, t = pair["s"], pair["t"]
-        t = t.index_select(1, evenly_spaced(t.shape[1], s.shape[1]))
+        t = t.index_select(1, kept.get(i, evenly_spaced(t.shape[1], s.shape[1])))
         assert torch.allclose(s, t, rtol=1e-3, atol=1e-4), f"layer {i} ({type(student.model[i]).__name__})"
     s_out, t_out = (o[0] if isinstance(o, (tuple, list)) else o for o in (s_out, t_out))
     assert torch.allclose(s_out, t_out, rtol=1e-3, atol=1e-3), "detections differ"
@@ -118,11 +131,86 @@ def test_unhandled_attention_and_other_reg_max_are_refused() -> None:
     assert reason is not None and "reg_max differs" in reason
 
 
-def test_teacher_of_another_depth_is_refused_and_student_untouched() -> None:
-    student, teacher = _model("yolov8n.yaml"), _model("yolov8m.yaml")
+DEEPER_PAIRS = [
+    ("yolov8n.yaml", "yolov8m.yaml"),  # C2f: 1-2 bottlenecks against 2-4; widths capped at 768 against 1024
+    pytest.param("yolov8n.yaml", "yolov8x.yaml", marks=pytest.mark.slow),  # the mission's pair: 1-2 against 3-6
+    pytest.param("yolov8s.yaml", "yolov8l.yaml", marks=pytest.mark.slow),
+    # C3k2 with C3k blocks, and a C2PSA chain of 2 attention blocks against 1
+    pytest.param("yolo11m.yaml", "yolo11x.yaml", marks=pytest.mark.slow),
+]
+
+
+def _identity_block(block: torch.nn.Module) -> None:
+    """Make a residual block compute the identity, by zeroing the last normalisation of each residual branch."""
+    if isinstance(block, PSABlock):
+        last = (block.attn.proj.bn, block.ffn[-1].bn)
+    else:
+        assert getattr(block, "add", False), f"{type(block).__name__} has no shortcut: it cannot be skipped exactly"
+        last = (block.cv2.bn,)
+    for bn in last:  # act(BN(x)) with weight, bias and mean 0 is act(0) = 0 for SiLU and identity
+        bn.weight.data.zero_(), bn.bias.data.zero_(), bn.running_mean.zero_()
+
+
+@pytest.mark.parametrize("blocks", ["first", "even"])
+@pytest.mark.parametrize(("student_cfg", "teacher_cfg"), DEEPER_PAIRS)
+def test_deeper_teacher_selection_is_consistent_through_every_layer(
+    student_cfg: str, teacher_cfg: str, blocks: str
+) -> None:
+    """With the teacher's unselected channels zeroed and its skipped blocks made identities, every student layer must
+    compute the teacher layer's selected channels: the chosen blocks' weights, their chunks in C2f's output conv and
+    the chain through skipped residual blocks all line up."""
+    student, teacher = _model(student_cfg), _model(teacher_cfg, seed=1)
+    for m in teacher.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5)
+    chosen = selection(student, teacher, blocks)
+    assert not isinstance(chosen, str), chosen
+    assert chosen.skipped, "a deeper teacher must have blocks no student block inherits"
+    t_modules, inherited = dict(teacher.named_modules()), set(chosen.keys.values())
+    for name in chosen.skipped:
+        layer, k = name.rsplit(".m.", 1)
+        later = any(key.startswith(f"{layer}.m.{j}.") for key in inherited for j in range(int(k) + 1, 99))
+        # a skipped block must pass its input on unchanged where a chosen block or the layer's output follows it in
+        # the chain; a C2f block after the last chosen one feeds only its own (dropped) chunk of the output conv
+        if later or not isinstance(t_modules[layer], C2f):
+            _identity_block(t_modules[name])
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    with torch.no_grad():
+        for s_key, t_key in chosen.keys.items():
+            t, s = t_sd[t_key], s_sd[s_key]
+            if t.ndim >= 2 and (t.shape[1] != s.shape[1] or 1 in chosen.index.get(s_key, {})):
+                keep = chosen.index.get(s_key, {}).get(1, evenly_spaced(t.shape[1], s.shape[1]))
+                dropped = torch.ones(t.shape[1], dtype=torch.bool)
+                dropped[keep] = False
+                t[:, dropped] = 0
+    assert inherit_weights(student, teacher, [(0, 0), (1, 1), (2, 2)], blocks=blocks) is None
+    _assert_layers_match(student, teacher, chosen.outputs)
+
+
+def test_block_choice_by_hand() -> None:
+    assert chosen_blocks(6, 2, "first") == [0, 1] and chosen_blocks(6, 2, "even") == [0, 3]
+    assert chosen_blocks(3, 1, "even") == [0]
+    chosen = selection(_model("yolov8n.yaml"), _model("yolov8x.yaml"), "even")
+    assert chosen.keys["model.4.m.1.cv1.conv.weight"] == "model.4.m.3.cv1.conv.weight"  # 2 of 6: blocks 0 and 3
+    assert "model.4.m.1" in chosen.skipped and "model.4.m.3" not in chosen.skipped
+    # the output conv keeps y0, y1 and the chunks of blocks 0 and 3: teacher chunk width 160, student 32
+    rows = chosen.index["model.4.cv2.conv.weight"][1]
+    assert rows[:2].tolist() == [0, 5] and rows[64:66].tolist() == [320, 325] and rows[96:98].tolist() == [800, 805]
+
+
+@pytest.mark.parametrize(
+    ("student_cfg", "teacher_cfg", "why"),
+    [
+        ("yolo11n.yaml", "yolo11m.yaml", "blocks of another kind"),  # C3k where the student has plain bottlenecks
+        ("yolov8m.yaml", "yolov8s.yaml", "only 1 in the teacher"),  # a shallower teacher
+        ("yolov8n.yaml", "yolo11n.yaml", "another family"),
+    ],
+)
+def test_what_cannot_map_is_refused_and_student_untouched(student_cfg: str, teacher_cfg: str, why: str) -> None:
+    student, teacher = _model(student_cfg), _model(teacher_cfg)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     reason = inherit_weights(student, teacher, [(0, 0)])
-    assert reason is not None and "layers differ" in reason
+    assert reason is not None and why in reason and "\n" not in reason
     assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
 
 

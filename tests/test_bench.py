@@ -1,0 +1,52 @@
+"""The accuracy benchmark's fine-tune regime (the users' regime) runs end to end at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_finetune_regime_end_to_end(tmp_path: Path) -> None:
+    args = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_accuracy.py"),
+        "--regime", "finetune",
+        "--imgsz", "64",
+        "--n-train", "16",
+        "--n-val", "8",
+        "--source-n-train", "16",
+        "--source-epochs", "1",
+        "--teacher-epochs", "1",
+        "--epochs", "2",
+        "--batch", "8",
+        "--seeds", "0",
+        "--methods", "baseline", "default",
+        "--project", str(tmp_path / "runs"),
+        "--data-root", str(tmp_path / "data"),
+        "--out", str(tmp_path / "BENCH.md"),
+    ]  # fmt: skip
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    runs = tmp_path / "runs" / "finetune"
+    pretrained = sorted(runs.glob("pretrain_*"))
+    assert [p.name.split("_")[1] for p in pretrained] == ["yolov8m", "yolov8n"]  # deeper teacher and the student
+    results = [json.loads(line) for line in (runs / "accuracy_results.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in results} == {"baseline", "default"}
+    student = results[0]["setting"].split("|")[0]
+    assert student.endswith("best.pt") and "pretrain_yolov8n" in student  # fine-tuned from the pretrained .pt
+    report = (tmp_path / "BENCH.md").read_text()
+    assert "regime finetune" in report and "| default |" in report and "last quarter of its epochs" in report
+
+    # a second invocation reuses the completed pretraining runs instead of training them again
+    again = subprocess.run([*args, "--table-only"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("reusing") == 3  # student, teacher's pretraining, teacher's fine-tuning
