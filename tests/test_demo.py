@@ -88,3 +88,16 @@ def test_demo_reuses_a_teacher_only_when_its_run_finished_with_these_settings(
     assert how == "trained" and path == str(project / "teacher_yolov8s_e1_64_2" / "weights" / "best.pt")
     assert Path(path).is_file() and best.read_bytes() == before  # the unfinished run is left as it was
     assert demo_teacher(cfg, data_yaml, project, common) == (path, "reused")
+
+
+def test_demo_refuses_bad_models_before_any_stage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["demo", f"project={tmp_path / 'demo'}", f"data_root={tmp_path / 'data'}"]
+    for argv, message in (
+        ([*base, f"teacher={tmp_path / 'missing.pt'}"], "no such file"),
+        ([*base, "student=yolov8n_missing.pt"], "student=yolov8n_missing.pt: no such file"),
+        ([*base, "teacher_model=nope.pt"], "teacher_model=nope.pt: no such file"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+    assert list(tmp_path.iterdir()) == []

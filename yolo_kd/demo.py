@@ -23,6 +23,7 @@ from .config import KDConfigError
 from .dataset import make_dataset
 from .files import write_text_atomic
 from .inputs import check_writable, read_checkpoint
+from .teacher import load_teacher_model
 from .trainer import KDDetectionTrainer
 
 DEFAULTS: dict[str, Any] = {
@@ -79,7 +80,9 @@ def run_demo(**overrides: Any) -> Path:
         raise KDConfigError(f"unknown demo key(s) {unknown}; valid: {sorted(DEFAULTS)}")
     cfg = {**DEFAULTS, **overrides}
     project = Path(cfg["project"]).resolve()
+    _check_models(cfg)
     check_writable("project", project)
+    check_writable("data_root", cfg["data_root"])
     _check_project(project, cfg["overwrite"])
     project.mkdir(parents=True, exist_ok=True)
     common = dict(
@@ -123,6 +126,19 @@ def _train_students(cfg: dict[str, Any], data: str, teacher: str, common: dict[s
     distilled = YOLO(cfg["student"])
     distilled.train(trainer=KDDetectionTrainer, teacher=teacher, kd=cfg["kd"], name="distilled", **runs)
     return distilled.trainer.student_init
+
+
+def _check_models(cfg: dict[str, Any]) -> None:
+    """Refuse, before the first stage, a teacher that is not a detection checkpoint or a model file that is missing.
+
+    Ultralytics would download a missing ``.pt`` by name; the demo trains from YAMLs or local files only.
+    """
+    if cfg["teacher"] is not None:
+        load_teacher_model(cfg["teacher"])
+    for key in ("student", "teacher_model"):
+        model = str(cfg[key])
+        if not model.endswith((".yaml", ".yml")) and not Path(model).is_file():
+            raise KDConfigError(f"{key}={model}: no such file (yolo-kd downloads nothing; give a model YAML or a .pt)")
 
 
 def _check_project(project: Path, overwrite: bool) -> None:
