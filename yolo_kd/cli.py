@@ -109,7 +109,7 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
         kwargs: The command's key=value pairs.
     """
     check_keys("train", kwargs, [*_ultralytics_keys(), *KD_RUN_KEYS, *KDConfig.field_names()])
-    check_yaml_keys(kwargs, ("kd", "kd_class_map", "data"))
+    check_yaml_keys(kwargs, ("kd", "kd_class_map", "data", "cfg"))
     if kwargs.get("project"):
         check_writable("project", kwargs["project"])
     from ultralytics import YOLO
