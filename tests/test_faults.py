@@ -118,7 +118,7 @@ def test_truncated_teacher_is_one_clear_error(
 
 
 def _kd_student(**kd: object) -> tuple:
-    """A yolov8n student with the KD criterion on it, an untrained yolov8s teacher, the distiller, a 2-image batch."""
+    """A yolov8n student with the KD criterion on it, an untrained yolov8n teacher, the distiller, a 2-image batch."""
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
@@ -131,7 +131,7 @@ def _kd_student(**kd: object) -> tuple:
     student = DetectionModel("yolov8n.yaml", nc=10, verbose=False)
     student.args = get_cfg()
     cfg = KDConfig(kd_feat=1.0, kd_teacher_amp=False, **kd)  # every term and the teacher-guided assigner
-    teacher = FrozenTeacher(DetectionModel("yolov8s.yaml", nc=10, verbose=False), torch.device("cpu"), amp=False)
+    teacher = FrozenTeacher(DetectionModel("yolov8n.yaml", nc=10, verbose=False), torch.device("cpu"), amp=False)
     modules = Distiller(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
     student.train()
     unlabeled = {"u.png"} if cfg.unlabeled else None
