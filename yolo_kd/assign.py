@@ -63,6 +63,12 @@ def dense_loss(base: Any) -> Any | None:
 
     v5u/v8/v9/11 criteria assign directly; end-to-end criteria (YOLO26, v10) hold one per branch, and only the
     dense one2many branch is assigned the way the teacher's dense outputs describe.
+
+    Args:
+        base: Ultralytics' detection criterion.
+
+    Returns:
+        The loss holding the task-aligned ``assigner``, or None.
     """
     for loss in (base, getattr(base, "one2many", None)):
         if loss is not None and hasattr(loss, "assigner") and hasattr(loss, "loss"):

@@ -41,6 +41,20 @@ def load_checkpoint_file(path: str | Path) -> Any:
     return ckpt
 
 
+def load_model_file(path: str | Path) -> torch.nn.Module:
+    """Load the model of an Ultralytics checkpoint file as Ultralytics does (fp32, CPU, safe-load setting honoured).
+
+    Args:
+        path: A ``.pt`` file on disk.
+
+    Returns:
+        The model (its EMA weights when the checkpoint has them).
+    """
+    from ultralytics.nn.tasks import load_checkpoint
+
+    return load_checkpoint(path)[0]
+
+
 def read_kd_record(path: str | Path) -> dict[str, Any] | None:
     """The yolo-kd record of a checkpoint file.
 

@@ -87,7 +87,11 @@ class KDConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``KDConfigError`` naming the first bad value."""
+        """Check every value and normalise numbers and paths in place.
+
+        Raises:
+            KDConfigError: Naming the first bad value, in one line.
+        """
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "float":
@@ -146,17 +150,29 @@ class KDConfig:
             raise KDConfigError(f"kd_feat_loss={self.kd_feat_loss!r} is unknown; choose one of {tuple(FEATURE_LOSSES)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form, as stored in checkpoints."""
+        """Plain-data form, as stored in checkpoints.
+
+        Returns:
+            Every field and its value.
+        """
         return dataclasses.asdict(self)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        """Names of every KD field."""
+        """Names of every KD field.
+
+        Returns:
+            The field names, in declaration order.
+        """
         return tuple(f.name for f in fields(cls))
 
     @classmethod
     def help_rows(cls) -> list[tuple[str, Any, str]]:
-        """(key, default, meaning) for every field, read from the attribute docstrings in this file."""
+        """(key, default, meaning) for every field, read from the attribute docstrings in this file.
+
+        Returns:
+            One row per field.
+        """
         docs = _field_docs()
         default = cls()
         return [(k, getattr(default, k), docs.get(k, "")) for k in cls.field_names()]
@@ -188,7 +204,17 @@ def _field_docs() -> dict[str, str]:
 
 
 def resolve_preset(kd: str | Path | None) -> Path | None:
-    """Map ``kd=`` to a YAML file: a path, or a preset name in ``configs/kd/`` (default, full, logit, feature)."""
+    """Map ``kd=`` to a YAML file: a path, or a preset name in ``configs/kd/`` (default, full, logit, feature).
+
+    Args:
+        kd: The ``kd=`` value.
+
+    Returns:
+        The YAML file, or None without ``kd``.
+
+    Raises:
+        KDConfigError: No such file or preset.
+    """
     if kd is None or kd == "":
         return None
     path = Path(kd)
@@ -207,7 +233,16 @@ def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDC
     """Build a validated ``KDConfig`` from a preset or YAML path (or dict), then per-key overrides.
 
     Without ``kd`` the dataclass defaults apply, which equal ``configs/kd/default.yaml`` (a test checks).
-    Unknown keys and bad values raise ``KDConfigError``.
+
+    Args:
+        kd: A preset name, a YAML path or a dict of KD keys.
+        **overrides: KD keys that win over ``kd``.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        KDConfigError: Unknown keys and bad values.
     """
     values: dict[str, Any] = {}
     if isinstance(kd, dict):
@@ -235,5 +270,12 @@ RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0, "kd_init": "random"}
 
 
 def load_recorded_config(config: dict[str, Any]) -> KDConfig:
-    """The KD settings stored in a checkpoint; a key the checkpoint predates keeps the behaviour it was trained with."""
+    """The KD settings stored in a checkpoint; a key the checkpoint predates keeps the behaviour it was trained with.
+
+    Args:
+        config: The record's ``config``.
+
+    Returns:
+        The validated config.
+    """
     return load_kd_config({**RECORDED_BEFORE, **config})

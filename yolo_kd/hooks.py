@@ -10,7 +10,17 @@ from ultralytics.nn.modules.head import Detect
 
 
 def find_detect_head(model: nn.Module) -> Detect:
-    """Return the model's Detect head (v5u/v8/v9/11/26 alike); its inputs are the P3/P4/P5 neck maps."""
+    """Find the model's Detect head by type (v5u/v8/v9/11/26 alike); its inputs are the P3/P4/P5 neck maps.
+
+    Args:
+        model: An Ultralytics model.
+
+    Returns:
+        The head.
+
+    Raises:
+        ValueError: The model has no Detect head.
+    """
     layers = getattr(model, "model", None)
     for m in layers if layers is not None else []:
         if isinstance(m, Detect):
@@ -51,7 +61,11 @@ class DetectTap:
         self.feats = None
 
     def pop(self) -> list[torch.Tensor]:
-        """Return the captured maps and forget them, so the tap holds no tensor after the step."""
+        """Hand over the captured maps and forget them, so the tap holds no tensor after the step.
+
+        Returns:
+            The maps entering the head, one per level.
+        """
         if self.feats is None:
             raise RuntimeError("DetectTap captured nothing: run the model inside the 'with' block first")
         feats, self.feats = self.feats, None

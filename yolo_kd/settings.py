@@ -111,8 +111,10 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig) -> None
     Raises:
         KDConfigError: Different strides, or no class in common.
     """
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils import YAML
+
+    from .checkpoint import load_model_file
 
     data_names = None
     if isinstance(data, (str, Path)) and str(data).endswith((".yaml", ".yml")) and Path(data).is_file():
@@ -120,7 +122,7 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig) -> None
     if isinstance(model, (str, Path)) and str(model).endswith((".yaml", ".yml")):
         student_stride = DetectionModel(str(model), nc=len(data_names or [0]), verbose=False).stride
     elif isinstance(model, (str, Path)) and str(model).endswith(".pt") and Path(model).is_file():
-        student_stride = load_checkpoint(model)[0].stride
+        student_stride = load_model_file(model).stride
     else:
         student_stride = None
     if student_stride is not None and student_stride.tolist() != teacher.stride.tolist():

@@ -8,14 +8,21 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from ultralytics.nn.tasks import load_checkpoint
 
+from .checkpoint import load_model_file
 from .config import KDConfigError
 from .hooks import DetectTap, find_detect_head
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, recorded in checkpoints so a resume can tell the teacher file has changed."""
+    """SHA-256 of a file, recorded in checkpoints so a resume can tell the teacher file has changed.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The hex digest.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -24,14 +31,24 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_teacher_model(path: str | Path) -> nn.Module:
-    """Load an Ultralytics detection checkpoint as an fp32 model on the CPU, or raise one clear ``KDConfigError``."""
+    """Load an Ultralytics detection checkpoint as an fp32 model on the CPU.
+
+    Args:
+        path: The teacher checkpoint.
+
+    Returns:
+        The model.
+
+    Raises:
+        KDConfigError: No path, no file, an unreadable file or a model without a Detect head, in one line.
+    """
     if path is None or str(path) == "":
         raise KDConfigError("teacher= is required: the path of a trained Ultralytics detection checkpoint (.pt)")
     p = Path(path)
     if not p.is_file():
         raise KDConfigError(f"teacher={path}: no such file")
     try:
-        model, _ = load_checkpoint(p)
+        model = load_model_file(p)
     except Exception as e:  # torch/pickle errors on truncated or foreign files: report, don't dump a deep traceback
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KDConfigError(f"teacher={path}: not a readable Ultralytics checkpoint ({msg})") from None
@@ -46,7 +63,14 @@ def load_teacher_model(path: str | Path) -> nn.Module:
 
 
 def reduced_precision(device: torch.device) -> torch.dtype | None:
-    """The dtype the teacher can run in natively on ``device``: fp16 on CUDA, bf16 on CPUs with native bf16."""
+    """The dtype the teacher can run in natively on a device.
+
+    Args:
+        device: Where the teacher runs.
+
+    Returns:
+        fp16 on CUDA, bf16 on CPUs with native bf16, else None (fp32).
+    """
     if device.type == "cuda":
         return torch.float16
     if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -105,7 +129,15 @@ class FrozenTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Run the teacher once and return ``{"boxes": (B, 4*R, A), "scores": (B, C, A), "feats": [...]}`` in fp32."""
+        """Run the teacher once, without autograd.
+
+        Args:
+            images: The preprocessed batch (B, 3, H, W).
+
+        Returns:
+            ``{"boxes": (B, 4*R, A), "scores": (B, C, A), "feats": [...]}`` in fp32, and ``"pred"``, the decoded
+            predictions (B, 4 + C, A) for pseudo-labels.
+        """
         if self.dtype == torch.float16:
             images, ctx = images.half(), nullcontext()
         elif self.dtype == torch.bfloat16:

@@ -82,12 +82,25 @@ class KDDetectionTrainer(DetectionTrainer):
             YAML.save(self.save_dir / "args.yaml", vars(self.args))
 
     def get_validator(self):
-        """Ultralytics' validator; it re-parses args with get_cfg, which must not see the KD keys."""
+        """Ultralytics' validator; it re-parses args with get_cfg, which must not see the KD keys.
+
+        Returns:
+            The validator.
+        """
         with compat.args_without(self.args, kd_keys()):
             return super().get_validator()
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True):
-        """Ultralytics' student; one built without weights starts from the teacher's (``kd_init``, see inherit.py)."""
+        """Ultralytics' student; one built without weights starts from the teacher's (``kd_init``, see inherit.py).
+
+        Args:
+            cfg: The student's model config.
+            weights: Weights to load, or None.
+            verbose: Print the model summary.
+
+        Returns:
+            The student.
+        """
         model = super().get_model(cfg, weights, verbose)
         if weights is not None:
             self.student_init = "its own weights"
@@ -102,7 +115,11 @@ class KDDetectionTrainer(DetectionTrainer):
         return model
 
     def setup_model(self):
-        """Build the student as Ultralytics does, then the frozen teacher and the distiller beside it."""
+        """Build the student as Ultralytics does, then the frozen teacher and the distiller beside it.
+
+        Returns:
+            Ultralytics' checkpoint of the student, if it loaded one.
+        """
         ckpt = super().setup_model()
         if self.teacher is None:
             student, cfg = unwrap_model(self.model), self.kd_cfg
@@ -125,7 +142,19 @@ class KDDetectionTrainer(DetectionTrainer):
         return ckpt
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-        """Ultralytics' optimizer plus one group for the connectors (no weight decay), scheduled like the rest."""
+        """Ultralytics' optimizer plus one group for the connectors (no weight decay), scheduled like the rest.
+
+        Args:
+            model: The student.
+            name: Ultralytics' optimizer name.
+            lr: Its learning rate.
+            momentum: Its momentum.
+            decay: Its weight decay.
+            iterations: Training iterations (for 'auto').
+
+        Returns:
+            The optimizer.
+        """
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
         params = [p for p in self.distiller.parameters() if p.requires_grad] if self.distiller is not None else []
         if params:
@@ -152,7 +181,14 @@ class KDDetectionTrainer(DetectionTrainer):
         )
 
     def preprocess_batch(self, batch: dict) -> dict:
-        """Ultralytics' preprocessing, then the teacher's pass on the final images (see ``KDLoss.prefetch``)."""
+        """Ultralytics' preprocessing, then the teacher's pass on the final images (see ``KDLoss.prefetch``).
+
+        Args:
+            batch: The dataloader's batch.
+
+        Returns:
+            The preprocessed batch.
+        """
         batch = super().preprocess_batch(batch)
         criterion = self._kd_loss()
         if criterion is not None:
@@ -160,7 +196,16 @@ class KDDetectionTrainer(DetectionTrainer):
         return batch
 
     def build_dataset(self, img_path: Any, mode: str = "train", batch: int | None = None):
-        """Ultralytics' dataset; with ``unlabeled=``, training reads a list mixing in the unlabeled images."""
+        """Ultralytics' dataset; with ``unlabeled=``, training reads a list mixing in the unlabeled images.
+
+        Args:
+            img_path: The split's images (folders or list files).
+            mode: 'train' or 'val'.
+            batch: Batch size (for rectangular batches).
+
+        Returns:
+            The dataset.
+        """
         if mode == "train" and self.kd_cfg.unlabeled:
             labeled = labeled_images(img_path)
             ratio = self.kd_cfg.unlabeled_ratio
@@ -175,7 +220,11 @@ class KDDetectionTrainer(DetectionTrainer):
         return super().build_dataset(img_path, mode, batch)
 
     def _kd_loss(self) -> KDLoss | None:
-        """The live student's KD criterion, once ``_setup_train`` has built it (None before and after training)."""
+        """The live student's KD criterion.
+
+        Returns:
+            The criterion once ``_setup_train`` has built it; None before and after training.
+        """
         criterion = getattr(unwrap_model(self.model), "criterion", None)
         return criterion if isinstance(criterion, KDLoss) else None
 
@@ -199,7 +248,14 @@ class KDDetectionTrainer(DetectionTrainer):
         super().optimizer_step()
 
     def _handle_nan_recovery(self, epoch):
-        """Ultralytics restores the student and optimizer from last.pt; the connectors come back with them."""
+        """Ultralytics restores the student and optimizer from last.pt; the connectors come back with them.
+
+        Args:
+            epoch: The current epoch.
+
+        Returns:
+            Whether a recovery happened.
+        """
         with compat.criterion_detached(unwrap_model(self.model)):  # its EMA is rebuilt as a deep copy of the student
             recovered = super()._handle_nan_recovery(epoch)
         record = (checkpoint.read_kd_record(self.last) or {}) if recovered and self.distiller is not None else {}
@@ -227,6 +283,9 @@ class KDDetectionTrainer(DetectionTrainer):
 
         Ultralytics writes to scratch files, each moved into place atomically once complete, so ``last.pt`` and
         ``best.pt`` are always whole checkpoints of some finished epoch.
+
+        Returns:
+            Whether Ultralytics saved.
         """
         last, best = self.last, self.best
         scratch_last, scratch_best = (p.with_name(f"partial-{p.name}") for p in (last, best))
@@ -245,7 +304,11 @@ class KDDetectionTrainer(DetectionTrainer):
         return saved
 
     def resume_training(self, ckpt: dict[str, Any] | None) -> None:
-        """Resume as Ultralytics does, and drop ``results.csv`` rows of epochs the checkpoint does not hold."""
+        """Resume as Ultralytics does, and drop ``results.csv`` rows of epochs the checkpoint does not hold.
+
+        Args:
+            ckpt: The checkpoint resumed from, or None.
+        """
         super().resume_training(ckpt)
         if ckpt is not None and self.resume and RANK in {-1, 0} and self.csv.is_file():
             dropped = checkpoint.trim_results_csv(self.csv, self.start_epoch)
@@ -253,7 +316,11 @@ class KDDetectionTrainer(DetectionTrainer):
                 report.warn_trimmed(dropped, self.start_epoch)
 
     def final_eval(self):
-        """Finished checkpoints cannot be resumed, so the connector state leaves ``last.pt`` too."""
+        """Finished checkpoints cannot be resumed, so the connector state leaves ``last.pt``; then Ultralytics' eval.
+
+        Returns:
+            Ultralytics' final metrics.
+        """
         if RANK in {-1, 0} and self.last.exists():
             checkpoint.drop_connector_state(self.last)
         return super().final_eval()
