@@ -11,6 +11,11 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Ultralytics binds its log handler to sys.stdout when first imported. yolo_kd imports it lazily, so without this the
+# first import could happen inside a test using capsys, whose stream is closed after that test; every later log line
+# would then print a logging error on stderr and break the one-line-error checks.
+import ultralytics  # noqa: E402, F401
+
 IMGSZ = 64
 
 
