@@ -221,6 +221,8 @@ def demo_teacher(cfg: dict[str, Any], data: str, project: Path, common: dict[str
         k += 1
         LOGGER.info(f"not reusing cached teacher {project / name}: {why}; training a new one in {base}_{k}")
         name = f"{base}_{k}"
+    if name == base:
+        LOGGER.info(f"no cached teacher for these settings: training one in {project / name}")
     YOLO(cfg["teacher_model"]).train(
         data=data, epochs=cfg["teacher_epochs"], seed=cfg["seed"], name=name, exist_ok=False, **common
     )
