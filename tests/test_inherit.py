@@ -245,3 +245,31 @@ def test_trainer_starts_a_yaml_student_from_the_teacher_only(data_yaml: str, tea
     trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "pretrained")
     got = trainer.get_model(cfg="yolov8n.yaml", weights=own).state_dict()["model.0.conv.weight"]
     assert torch.equal(got, own.state_dict()["model.0.conv.weight"])
+
+
+def test_bad_kd_init_blocks_value() -> None:
+    with pytest.raises(KDConfigError, match="kd_init_blocks='middle'"):
+        load_kd_config(kd_init_blocks="middle")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("blocks", "teacher_block"), [("first", 1), ("even", 2)])
+def test_trainer_starts_a_yaml_student_from_a_deeper_teacher(
+    data_yaml: str, tmp_path: Path, blocks: str, teacher_block: int
+) -> None:
+    """yolov8m -> yolov8n through the trainer: the student's second block of layer 4 comes from the teacher's block
+    chosen by ``kd_init_blocks`` (the teacher has 4 there, the student 2)."""
+    import yaml
+
+    names = yaml.safe_load(Path(data_yaml).read_text())["names"]
+    teacher = _model("yolov8m.yaml", nc=len(names), seed=1)
+    teacher.names = names
+    path = tmp_path / "v8m.pt"
+    torch.save({"model": teacher, "train_args": {}}, path)
+    trainer = tiny_trainer(data_yaml, str(path), tmp_path, f"deep_{blocks}", kd_init_blocks=blocks)
+    student = trainer.get_model(cfg="yolov8n.yaml")
+    assert trainer.student_init == "the teacher's weights"
+    got = student.state_dict()["model.4.m.1.cv1.conv.weight"]
+    want = teacher.state_dict()[f"model.4.m.{teacher_block}.cv1.conv.weight"]
+    want = want.index_select(0, evenly_spaced(want.shape[0], got.shape[0]))
+    assert torch.equal(got, want.index_select(1, evenly_spaced(want.shape[1], got.shape[1])))

@@ -13,17 +13,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .errors import KDConfigError
+from .inputs import read_yaml
+
+__all__ = ["KDConfig", "KDConfigError", "load_kd_config", "load_recorded_config"]
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "kd"
 INIT_NAMES = ("teacher", "random")
+INIT_BLOCKS = ("first", "even")  # kept equal to yolo_kd.inherit.BLOCK_CHOICES (inherit imports Ultralytics; config not)
 RUN_KEYS = ("teacher", "kd")  # KD keys of a training run besides the KDConfig fields
 TEMPERATURE_RANGE = (1e-3, 1e3)  # beyond it a softmax/sigmoid saturates to one-hot or flat: no useful soft target
 MAX_UNLABELED_RATIO = 0.95  # the mixed list holds ratio / (1 - ratio) unlabeled slots per labeled image
-
-
-class KDConfigError(ValueError):
-    """A bad KD setting or teacher, reported as one line before any training starts."""
 
 
 @dataclass
@@ -64,9 +64,12 @@ class KDConfig:
     0 assigns from the student's own predictions (Ultralytics' behaviour), 1 from the teacher's alone."""
     kd_init: str = "teacher"
     """How a student built from a YAML (no weights) starts: 'teacher' selects evenly spaced channels of the teacher's
-    weights when both have the same layers (weight selection, Xu et al. 2024; e.g. v8s -> v8n, v8x -> v8l), else it
-    keeps its random init with a warning; 'random' always keeps the random init. Pretrained or resumed students keep
-    their weights either way."""
+    weights when both are of one family (weight selection, Xu et al. 2024; e.g. v8s -> v8n, v8x -> v8l, and deeper
+    teachers such as v8m/l/x -> v8n), else it keeps its random init with a one-line warning; 'random' always keeps the
+    random init. Pretrained or resumed students keep their weights either way."""
+    kd_init_blocks: str = "first"
+    """With kd_init=teacher and a deeper teacher: which of a layer's repeated teacher blocks the student's fewer blocks
+    inherit: 'first' (the first N, the paper's layer selection) or 'even' (evenly spaced, the first always kept)."""
     kd_class_map: str | dict | None = None
     """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
     matched by name (case, spaces and underscores ignored). Student classes without a teacher class get no logit KD."""
@@ -121,7 +124,7 @@ class KDConfig:
             path = Path(self.kd_class_map)
             if not path.is_file():
                 raise KDConfigError(f"kd_class_map={self.kd_class_map}: no such file")
-            loaded = yaml.safe_load(path.read_text())
+            loaded = read_yaml("kd_class_map", path)
             if not isinstance(loaded, dict):
                 raise KDConfigError(
                     f"kd_class_map={self.kd_class_map}: expected a mapping student class -> teacher class"
@@ -144,6 +147,8 @@ class KDConfig:
             self.unlabeled = str(folder.resolve())
         if self.kd_init not in INIT_NAMES:
             raise KDConfigError(f"kd_init={self.kd_init!r} is unknown; choose one of {INIT_NAMES}")
+        if self.kd_init_blocks not in INIT_BLOCKS:
+            raise KDConfigError(f"kd_init_blocks={self.kd_init_blocks!r} is unknown; choose one of {INIT_BLOCKS}")
         from .losses import FEATURE_LOSSES  # the one list of feature-loss names (imported late: it needs torch)
 
         if self.kd_feat_loss not in FEATURE_LOSSES:
@@ -250,7 +255,7 @@ def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDC
     else:
         path = resolve_preset(kd)
         if path is not None:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = read_yaml("kd", path) or {}
             if not isinstance(loaded, dict):
                 raise KDConfigError(f"kd={kd}: expected a mapping of kd_* keys, got {type(loaded).__name__}")
             values.update(loaded)

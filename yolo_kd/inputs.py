@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config import KDConfigError
+from .errors import KDConfigError
 
 
 def _first_line(error: BaseException) -> str:

@@ -109,7 +109,7 @@ class KDDetectionTrainer(DetectionTrainer):
         else:
             teacher = self._teacher_model
             pairs = class_pairs(name_list(self.data["names"]), name_list(teacher.names), self.kd_cfg.kd_class_map)
-            reason = inherit_weights(model, teacher, pairs)
+            reason = inherit_weights(model, teacher, pairs, blocks=self.kd_cfg.kd_init_blocks)
             self.student_init = "the teacher's weights" if reason is None else "a random init"
             report.log_init(reason)
         return model
