@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -92,3 +93,12 @@ def test_checkpoints_that_predate_a_key_resume_as_they_were_trained() -> None:
     v1 = {k: v for k, v in load_kd_config("full").to_dict().items() if k != "kd_assign"}  # written before kd_assign
     assert load_recorded_config(v1).kd_assign == 0.0 and load_recorded_config(v1).kd_feat == 1.0
     assert load_recorded_config({**v1, "kd_assign": 0.5}).kd_assign == 0.5  # a recorded value always wins
+
+
+def test_presets_ship_inside_the_package_and_the_user_facing_copies_are_equal() -> None:
+    import yolo_kd
+
+    assert PRESET_DIR.parent == Path(yolo_kd.__file__).resolve().parent  # so a wheel install has them
+    shipped = {p.name: p.read_text() for p in PRESET_DIR.glob("*.yaml")}
+    copies = {p.name: p.read_text() for p in (Path(__file__).resolve().parents[1] / "configs" / "kd").glob("*.yaml")}
+    assert shipped and shipped == copies

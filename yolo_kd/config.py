@@ -18,7 +18,7 @@ from .inputs import read_yaml
 
 __all__ = ["KDConfig", "KDConfigError", "load_kd_config", "load_recorded_config"]
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "kd"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"  # inside the package: a wheel install has them too
 INIT_NAMES = ("teacher", "random")
 INIT_BLOCKS = ("first", "even")  # kept equal to yolo_kd.inherit.BLOCK_CHOICES (inherit imports Ultralytics; config not)
 RUN_KEYS = ("teacher", "kd")  # KD keys of a training run besides the KDConfig fields
@@ -209,7 +209,8 @@ def _field_docs() -> dict[str, str]:
 
 
 def resolve_preset(kd: str | Path | None) -> Path | None:
-    """Map ``kd=`` to a YAML file: a path, or a preset name in ``configs/kd/`` (default, full, logit, feature).
+    """Map ``kd=`` to a YAML file: a path, or a preset name (default, full, logit, feature:
+    ``yolo_kd/presets/``, copied to ``configs/kd/``).
 
     Args:
         kd: The ``kd=`` value.
@@ -237,7 +238,7 @@ def resolve_preset(kd: str | Path | None) -> Path | None:
 def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDConfig:
     """Build a validated ``KDConfig`` from a preset or YAML path (or dict), then per-key overrides.
 
-    Without ``kd`` the dataclass defaults apply, which equal ``configs/kd/default.yaml`` (a test checks).
+    Without ``kd`` the dataclass defaults apply, which equal the ``default`` preset (a test checks).
 
     Args:
         kd: A preset name, a YAML path or a dict of KD keys.
