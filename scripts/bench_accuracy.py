@@ -19,7 +19,6 @@ with the command, date and machine, to docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ from ultralytics import YOLO  # noqa: E402
 
 from yolo_kd import KDDetectionTrainer  # noqa: E402
 from yolo_kd.dataset import make_dataset  # noqa: E402
+from yolo_kd.runs import content_key, dataset_manifest, train_or_reuse  # noqa: E402
 
 # "default_fp32": the default preset with the teacher kept in fp32 (kd_teacher_amp=False), to show that the
 # reduced-precision teacher costs no accuracy.
@@ -203,59 +203,27 @@ def setting(args: argparse.Namespace, teacher: str) -> str:
     return f"{args.student_pt or args.student}|{teacher}|e{args.epochs}|{args.imgsz}|b{args.batch}|n{args.n_train}"
 
 
-def finished_run(run_dir: Path, **expected: object) -> str | None:
-    """``best.pt`` of a run that completed with these train arguments, else None.
-
-    Ultralytics strips ``last.pt`` when a run ends (its ``epoch`` becomes -1); a run killed earlier leaves a
-    ``best.pt`` of some epoch that must not pass for a finished model.
-    """
-    from ultralytics.utils.patches import torch_load
-
-    last, best = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"
-    if not (last.is_file() and best.is_file()):
-        return None
-    ckpt = torch_load(last, map_location="cpu")
-    train_args = ckpt.get("train_args", {})
-    if ckpt.get("epoch") != -1 or any(train_args.get(k) != v for k, v in expected.items()):
-        return None
-    return str(best)
-
-
-def content_key(*parts: object) -> str:
-    """A short hash of what makes a checkpoint: settings, and the bytes of any file among them."""
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, (str, Path)) and Path(part).is_file() and str(part).endswith(".pt"):
-            h.update(hashlib.sha256(Path(part).read_bytes()).digest())
-        else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:10]
-
-
 def cached_training(model: str, data: str, epochs: int, label: str, args: argparse.Namespace, project: Path) -> str:
-    """Train ``model`` on ``data`` once (seed 0) and return its ``best.pt``; a completed earlier run is reused."""
-    data_spec = (Path(data).parent / Path(data).stem / ".yolo-kd-dataset.json").read_text()
-    key = content_key(model, data_spec, epochs, args.imgsz, args.batch)
-    run_dir = project / f"{label}_{Path(model).stem}_{key}"
-    expected = dict(data=data, epochs=epochs, imgsz=args.imgsz, batch=args.batch, seed=0)
-    best = finished_run(run_dir, **expected)
-    if best is not None:
-        print(f"reusing {best} (completed run, same settings)", flush=True)
-        return best
-    if run_dir.exists():
-        print(f"{run_dir} did not complete: training it again", flush=True)
-    YOLO(model).train(
-        **expected,
-        workers=args.workers,
+    """Train ``model`` on ``data`` once (seed 0) and return its ``best.pt``; a completed earlier run is reused.
+
+    The folder's name carries a hash of the settings and of the parent checkpoint's bytes (``content_key``), so a
+    parent trained again gives its children another folder.
+    """
+    key = content_key(model, dataset_manifest(data), epochs, args.imgsz, args.batch)
+    best, _ = train_or_reuse(
+        model,
+        f"{label}_{Path(model).stem}_{key}",
+        label,
         project=str(project),
-        name=run_dir.name,
-        exist_ok=True,
+        data=data,
+        epochs=epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        seed=0,
+        workers=args.workers,
         plots=False,
         device=args.device,
     )
-    best = finished_run(run_dir, **expected)
-    if best is None:
-        raise SystemExit(f"{run_dir}: training did not complete")
     return best
 
 

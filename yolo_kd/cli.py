@@ -2,7 +2,7 @@
 
 yolo-kd train model=yolov8n.yaml teacher=teacher.pt data=data.yaml kd=default epochs=100 imgsz=640
 yolo-kd train resume=runs/detect/train/weights/last.pt
-yolo-kd demo [epochs=15] [teacher_epochs=30] [imgsz=128] [project=runs/demo] [overwrite=False]
+yolo-kd demo [regime=scratch|finetune] [epochs=15] [teacher_epochs=30] [imgsz=128] [project=runs/demo] [overwrite=False]
 yolo-kd export model=best.pt format=onnx [data=data.yaml] [imgsz=640] [half=False] [int8=False] [overwrite=False]
 yolo-kd label model=teacher.pt source=raw_images/ [out=raw_images_labelled] [conf=0.25] [val_fraction=0.1] [val=DIR]
 yolo-kd dataset [root=datasets] [name=kdshapes] [n_train=400] [n_val=100] [imgsz=160] [seed=0]

@@ -4,25 +4,35 @@ dataset (generated once per size, then reused) -> teacher (trained once, then re
 the same settings) -> baseline and distilled students (same seed, epochs, settings) -> validation of all three -> ONNX
 export of the distilled student (when the export extra is installed) -> ``report.md`` and ``report.png`` in the project
 folder. A project folder holding an earlier demo's results is redone only with ``overwrite=True``.
+
+Two regimes. ``scratch`` (the default, fits 20 minutes on 2 CPU cores): both students start from a random init (the
+distilled one from the teacher's weights where ``kd_init`` applies) and a YOLOv8s teacher trains on the target data.
+``finetune`` (the regime users are in, as they fine-tune ``yolov8n.pt``): a generated ``source`` domain plays COCO's
+part; the student and a deeper teacher (YOLOv8m) are pretrained on it, the teacher is fine-tuned on the target, and
+both students fine-tune the source-pretrained student. Every training stage before the students is cached and reused
+only when its run finished with the same settings (``runs.train_or_reuse``).
 """
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
-from .config import KDConfigError
-from .dataset import make_dataset
+from .config import KDConfigError, load_kd_config
+from .dataset import CLASSES, SOURCE_CLASSES, make_dataset
 from .files import write_text_atomic
-from .inputs import check_writable, read_checkpoint
+from .inputs import check_writable
+from .runs import content_key, dataset_manifest, train_or_reuse
 from .teacher import load_teacher_model
 from .trainer import KDDetectionTrainer
 
@@ -42,8 +52,30 @@ DEFAULTS: dict[str, Any] = {
     "device": None,
     "seed": 0,
     "overwrite": False,
+    "regime": "scratch",
 }
-# What a demo writes in its project folder (besides val_* and cached teacher_* runs).
+# Each regime's own keys and the defaults it changes; a key of another regime is refused.
+REGIMES: dict[str, dict[str, Any]] = {
+    "scratch": {},
+    "finetune": {
+        "teacher_model": "yolov8m.yaml",
+        "teacher_epochs": 12,
+        "source_epochs": 15,
+        "teacher_source_epochs": 8,
+        "source_n_train": 300,
+    },
+}
+POSITIVE_INTS = (
+    "epochs",
+    "teacher_epochs",
+    "imgsz",
+    "n_train",
+    "n_val",
+    "source_epochs",
+    "teacher_source_epochs",
+    "source_n_train",
+)
+# What a demo writes in its project folder (besides val_* and the cached teacher_* and source_* runs).
 DEMO_OUTPUTS = ("baseline", "distilled", "report.md", "report.png", "report.json")
 
 
@@ -66,19 +98,48 @@ def _metrics(model: YOLO, data: str, imgsz: int, batch: int, device: Any, projec
     return {"mAP50": float(m.box.map50), "mAP50-95": float(m.box.map)}
 
 
+def demo_settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The demo's settings: its regime's defaults with ``overrides``, refused in one line when a key or value is bad.
+
+    Args:
+        overrides: The keys the user gave.
+
+    Returns:
+        Every setting of the regime.
+    """
+    regime = overrides.get("regime", DEFAULTS["regime"])
+    if regime not in REGIMES:
+        raise KDConfigError(f"regime={regime} is unknown; choose one of {sorted(REGIMES)}")
+    defaults = {**DEFAULTS, **REGIMES[regime]}
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        owners = {k: [r for r, keys in REGIMES.items() if k in keys] for k in unknown}
+        hint = "".join(f" ({k}: regime={'/'.join(r)} only)" for k, r in owners.items() if r)
+        raise KDConfigError(f"unknown demo key(s) {unknown} for regime={regime}{hint}; valid: {sorted(defaults)}")
+    cfg = {**defaults, **overrides}
+    least = {**dict.fromkeys(POSITIVE_INTS, 1), "imgsz": 32, "seed": 0}  # make_dataset draws nothing under 32 px
+    for key in (k for k in least if k in cfg):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least[key]:
+            raise KDConfigError(f"{key}={value}: give a whole number of at least {least[key]}")
+    if isinstance(cfg["batch"], bool) or not isinstance(cfg["batch"], int) or cfg["batch"] < -1 or cfg["batch"] == 0:
+        raise KDConfigError(f"batch={cfg['batch']}: give a whole number of at least 1 (or -1, Ultralytics' auto-batch)")
+    if not isinstance(cfg["overwrite"], bool):
+        raise KDConfigError(f"overwrite={cfg['overwrite']}: give True or False")
+    return cfg
+
+
 def run_demo(**overrides: Any) -> Path:
     """Run the demo; returns the path of ``report.md``.
 
     Args:
-        **overrides: Keys of ``DEFAULTS``; anything else is refused in one line before anything is written.
+        **overrides: Keys of ``DEFAULTS`` and of the chosen regime's ``REGIMES`` entry; anything else, or a bad
+            value, is refused in one line before anything is written.
 
     Returns:
         The report's path.
     """
-    unknown = sorted(set(overrides) - set(DEFAULTS))
-    if unknown:
-        raise KDConfigError(f"unknown demo key(s) {unknown}; valid: {sorted(DEFAULTS)}")
-    cfg = {**DEFAULTS, **overrides}
+    cfg = demo_settings(overrides)
     project = Path(cfg["project"]).resolve()
     _check_models(cfg)
     check_writable("project", project)
@@ -88,15 +149,22 @@ def run_demo(**overrides: Any) -> Path:
     common = dict(
         imgsz=cfg["imgsz"], batch=cfg["batch"], device=cfg["device"], workers=0, plots=False, project=str(project)
     )
-    n, t0 = 6, time.time()
+    finetune = cfg["regime"] == "finetune"
+    stages = itertools.count(1)
+    n, t0 = 7 if finetune else 6, time.time()
 
-    _stage(1, n, "dataset")
+    _stage(next(stages), n, "dataset" + (" (target, and the source domain for pretraining)" if finetune else ""))
     name = f"kdshapes_{cfg['n_train']}_{cfg['n_val']}_{cfg['imgsz']}"  # one dataset per size, each reused as made
     data = str(make_dataset(cfg["data_root"], name, cfg["n_train"], cfg["n_val"], cfg["imgsz"], seed=0))
-    _stage(2, n, "teacher")
-    teacher, _ = demo_teacher(cfg, data, project, common)
-    cfg = {**cfg, "student_init": _train_students(cfg, data, teacher, common, n)}
-    _stage(5, n, "validation of teacher, baseline and distilled student")
+    if finetune:
+        start, teacher, stages_done = _pretrained_stages(cfg, data, common, stages, n)
+        cfg = {**cfg, "student_start": start}
+    else:
+        _stage(next(stages), n, "teacher")
+        teacher, how = demo_teacher(cfg, data, project, common)
+        start, stages_done = cfg["student"], {"teacher": how}
+    cfg = {**cfg, "student_init": _train_students(cfg, start, data, teacher, common, stages, n)}
+    _stage(next(stages), n, "validation of teacher, baseline and distilled student")
     weights = {
         "teacher": teacher,
         "baseline": str(project / "baseline/weights/best.pt"),
@@ -106,33 +174,97 @@ def run_demo(**overrides: Any) -> Path:
         k: _metrics(YOLO(w), data, cfg["imgsz"], cfg["batch"], cfg["device"], project, f"val_{k}")
         for k, w in weights.items()
     }
-    _stage(6, n, "export of the distilled student")
+    _stage(next(stages), n, "export of the distilled student")
     exported = _export(weights["distilled"], cfg["imgsz"])
+    cfg = {**cfg, "stages_done": stages_done}
     report = write_report(project, results, cfg, teacher, exported, (time.time() - t0) / 60)
     LOGGER.info(report.read_text())
     return report
 
 
-def _train_students(cfg: dict[str, Any], data: str, teacher: str, common: dict[str, Any], n: int) -> str:
-    """Train the baseline and the distilled student (stages 3 and 4) with the same seed, epochs and settings.
+def _pretrained_stages(
+    cfg: dict[str, Any], data: str, common: dict[str, Any], stages: Iterator[int], n: int
+) -> tuple[str, str, dict[str, str]]:
+    """The finetune regime's stages before the students: the source-pretrained student and the teacher.
+
+    Returns:
+        The pretrained student's checkpoint, the teacher's, and how each was obtained (``trained``, ``reused``,
+        ``given``).
+    """
+    name = f"kdsource_{cfg['source_n_train']}_{cfg['n_val']}_{cfg['imgsz']}"  # like the target: one per size
+    source = str(make_dataset(cfg["data_root"], name, cfg["source_n_train"], cfg["n_val"], cfg["imgsz"], 0, "source"))
+    _stage(next(stages), n, f"student {cfg['student']} pretrained on the source domain")
+    student = cfg["student"]
+    start, student_how = _cached_stage(student, Path(student).stem, source, cfg["source_epochs"], "source", cfg, common)
+    _stage(next(stages), n, "teacher (pretrained on the source domain, then fine-tuned on the target)")
+    teacher, teacher_how = _finetuned_teacher(cfg, source, data, common)
+    return start, teacher, {"source-pretrained student": student_how, "teacher": teacher_how}
+
+
+def _train_students(
+    cfg: dict[str, Any], start: str, data: str, teacher: str, common: dict[str, Any], stages: Iterator[int], n: int
+) -> str:
+    """Train the baseline and the distilled student, both from ``start``, with the same seed, epochs and settings.
 
     Returns:
         How the distilled student started (its trainer's ``student_init``).
     """
-    _stage(3, n, "baseline student (no distillation)")
+    _stage(next(stages), n, "baseline student (no distillation)")
     runs = dict(data=data, epochs=cfg["epochs"], seed=cfg["seed"], exist_ok=True, **common)
-    YOLO(cfg["student"]).train(name="baseline", **runs)
-    _stage(4, n, f"distilled student (kd={cfg['kd']})")
-    distilled = YOLO(cfg["student"])
+    YOLO(start).train(name="baseline", **runs)
+    _stage(next(stages), n, f"distilled student (kd={cfg['kd']})")
+    distilled = YOLO(start)
     distilled.train(trainer=KDDetectionTrainer, teacher=teacher, kd=cfg["kd"], name="distilled", **runs)
     return distilled.trainer.student_init
 
 
+def _cached_stage(
+    model: str, stem: str, data: str, epochs: int, label: str, cfg: dict[str, Any], common: dict[str, Any]
+) -> tuple[str, str]:
+    """Train ``model`` on ``data`` once; a finished run with the same settings and parent bytes is reused.
+
+    The folder ``<label>_<stem>_<key>`` carries a hash of what makes the run, the parent checkpoint's bytes included
+    (a parent trained again gives its children another folder).
+
+    Args:
+        model: A model YAML or the parent checkpoint.
+        stem: The architecture's name for the folder (a parent checkpoint's own stem is ``best``).
+        data: The data YAML (generated by ``make_dataset``).
+        epochs: Training epochs.
+        label: ``source`` (pretraining on the source domain) or ``teacher`` (the teacher's fine-tuning).
+        cfg: The demo settings.
+        common: Ultralytics train arguments shared by every run of the demo.
+
+    Returns:
+        The run's ``best.pt`` and ``reused`` or ``trained``.
+    """
+    key = content_key(model, dataset_manifest(data), epochs, cfg["imgsz"], cfg["batch"], cfg["seed"])
+    what = f"source-pretrained {stem}" if label == "source" else f"fine-tuned teacher {stem}"
+    args = {**common, "data": data, "epochs": epochs, "seed": cfg["seed"]}
+    return train_or_reuse(model, f"{label}_{stem}_{key}", what, **args)
+
+
+def _finetuned_teacher(cfg: dict[str, Any], source: str, data: str, common: dict[str, Any]) -> tuple[str, str]:
+    """The finetune regime's teacher: the one given, or ``teacher_model`` pretrained on the source, fine-tuned here.
+
+    Returns:
+        The teacher checkpoint and how it was obtained: ``given``, ``reused`` or ``trained`` (the fine-tuning's).
+    """
+    if cfg["teacher"] is not None:
+        return str(cfg["teacher"]), "given"
+    stem = Path(cfg["teacher_model"]).stem
+    pretrained, _ = _cached_stage(
+        cfg["teacher_model"], stem, source, cfg["teacher_source_epochs"], "source", cfg, common
+    )
+    return _cached_stage(pretrained, stem, data, cfg["teacher_epochs"], "teacher", cfg, common)
+
+
 def _check_models(cfg: dict[str, Any]) -> None:
-    """Refuse, before the first stage, a teacher that is not a detection checkpoint or a model file that is missing.
+    """Refuse, before the first stage, a bad ``kd``, a teacher that is not a detection checkpoint or a missing model.
 
     Ultralytics would download a missing ``.pt`` by name; the demo trains from YAMLs or local files only.
     """
+    load_kd_config(cfg["kd"])
     if cfg["teacher"] is not None:
         load_teacher_model(cfg["teacher"])
     for key in ("student", "teacher_model"):
@@ -155,39 +287,8 @@ def _check_project(project: Path, overwrite: bool) -> None:
         )
 
 
-def teacher_mismatch(best: Path, want: dict[str, Any]) -> str | None:
-    """Why the teacher checkpoint ``best`` may not be reused for ``want``; None when it may.
-
-    A teacher is reused only when its run finished (Ultralytics' final step strips the optimizer and records epoch
-    -1) and it was trained with the requested settings.
-
-    Args:
-        best: A cached teacher's ``weights/best.pt``.
-        want: The requested ``model``, ``epochs``, ``imgsz``, ``data`` and ``seed``.
-
-    Returns:
-        The reason in a few words, or None.
-    """
-    if not best.is_file():
-        return "it has no weights/best.pt (its run stopped before the first epoch ended)"
-    try:
-        ckpt = read_checkpoint("teacher", best)
-    except KDConfigError as e:
-        return str(e)
-    if ckpt.get("epoch") != -1 or ckpt.get("optimizer") is not None:
-        done = int(ckpt.get("epoch") or 0) + 1
-        return f"its run did not finish (stopped after epoch {done} of {want['epochs']})"
-    recorded = ckpt.get("train_args") or {}
-    for key, value in want.items():
-        got = recorded.get(key)
-        same = Path(str(got)).resolve() == Path(str(value)).resolve() if key == "data" else got == value
-        if not same:
-            return f"it was trained with {key}={got}, not {value}"
-    return None
-
-
 def demo_teacher(cfg: dict[str, Any], data: str, project: Path, common: dict[str, Any]) -> tuple[str, str]:
-    """The demo's teacher: the one given, a finished cached one with these settings, or a newly trained one.
+    """The scratch regime's teacher: the one given, a finished cached one with these settings, or a newly trained one.
 
     A cached teacher run that did not finish, or was trained otherwise, is left as it is: the new teacher trains in
     the next free folder (``<name>_2``, ``<name>_3``, ...), and the log says which teacher was used and why.
@@ -203,30 +304,9 @@ def demo_teacher(cfg: dict[str, Any], data: str, project: Path, common: dict[str
     """
     if cfg["teacher"] is not None:
         return str(cfg["teacher"]), "given"
-    want = {
-        "model": cfg["teacher_model"],
-        "epochs": cfg["teacher_epochs"],
-        "imgsz": cfg["imgsz"],
-        "data": data,
-        "seed": cfg["seed"],
-    }
-    base = f"teacher_{Path(cfg['teacher_model']).stem}_e{cfg['teacher_epochs']}_{cfg['imgsz']}"
-    name, k = base, 1
-    while (project / name).exists():
-        best = project / name / "weights" / "best.pt"
-        why = teacher_mismatch(best, want)
-        if why is None:
-            LOGGER.info(f"reusing cached teacher {best}: its run finished with these settings")
-            return str(best), "reused"
-        k += 1
-        LOGGER.info(f"not reusing cached teacher {project / name}: {why}; training a new one in {base}_{k}")
-        name = f"{base}_{k}"
-    if name == base:
-        LOGGER.info(f"no cached teacher for these settings: training one in {project / name}")
-    YOLO(cfg["teacher_model"]).train(
-        data=data, epochs=cfg["teacher_epochs"], seed=cfg["seed"], name=name, exist_ok=False, **common
-    )
-    return str(project / name / "weights" / "best.pt"), "trained"
+    name = f"teacher_{Path(cfg['teacher_model']).stem}_e{cfg['teacher_epochs']}_{cfg['imgsz']}"
+    args = {**common, "project": str(project), "data": data, "epochs": cfg["teacher_epochs"], "seed": cfg["seed"]}
+    return train_or_reuse(cfg["teacher_model"], name, "teacher", **args)
 
 
 def _export(weights: str, imgsz: int) -> str | None:
@@ -243,6 +323,24 @@ def _read_csv(path: Path) -> dict[str, list[float]]:
     return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
 
 
+def _starts(cfg: dict[str, Any]) -> str:
+    """How the students and the teacher started, in words, for the report."""
+    if cfg["regime"] == "scratch":
+        return f"The distilled student started from {cfg['student_init']}, the baseline from a random init."
+    teacher = (
+        "The teacher was given (teacher=)."
+        if cfg["teacher"] is not None
+        else f"The teacher, {cfg['teacher_model']}, was pretrained {cfg['teacher_source_epochs']} epochs on the source "
+        f"domain, then fine-tuned {cfg['teacher_epochs']} epochs on kdshapes."
+    )
+    return (
+        f"Both students (baseline and distilled) started from the source-pretrained weights `{cfg['student_start']}` "
+        f"({cfg['student']} trained {cfg['source_epochs']} epochs on the generated source domain: "
+        f"{cfg['source_n_train']} images, {len(SOURCE_CLASSES)} classes, {len(set(SOURCE_CLASSES) & set(CLASSES))} "
+        f"of them shared with kdshapes). {teacher}"
+    )
+
+
 def write_report(project: Path, results: dict, cfg: dict, teacher: str, exported: str | None, minutes: float) -> Path:
     """Write report.md (table) and report.png (mAP bars and training curves with every KD term)."""
     import matplotlib
@@ -255,11 +353,12 @@ def write_report(project: Path, results: dict, cfg: dict, teacher: str, exported
     lines = [
         "# yolo-kd demo report",
         "",
+        f"Regime: {cfg['regime']}. "
         f"Data: generated kdshapes ({cfg['n_train']} train / {cfg['n_val']} val images, {cfg['imgsz']} px, "
         "10 classes). "
         f"Student {cfg['student']}, {cfg['epochs']} epochs, seed {cfg['seed']}; teacher `{teacher}`; kd={cfg['kd']}. "
-        f"The distilled student started from {cfg['student_init']}, "
-        "the baseline from a random init.",
+        + _starts(cfg),
+        "Stages: " + "; ".join(f"{k} {v}" for k, v in cfg.get("stages_done", {}).items()) + ".",
         "",
         "| model | mAP50 | mAP50-95 |",
         "|---|---|---|",
