@@ -1,8 +1,9 @@
 """Checkpoint files: the one loader, the KD record (read, write, strip), resume's lookup, atomic writes, results.csv.
 
 yolo-kd's checkpoints are Ultralytics' own, plus one plain-data entry ``ckpt["kd"]`` (the record) that resume reads:
-the KD config, the teacher's path and hash and, in ``last.pt`` of an unfinished run, the connectors' state. The
-student inside stays a plain Ultralytics model, and ``train_args`` stay pure Ultralytics keys.
+the KD config, the teacher's path and hash, an open-vocabulary teacher's prompts and vocabulary hash (never its
+embeddings) and, in ``last.pt`` of an unfinished run, the connectors' state. The student inside stays a plain
+Ultralytics model, and ``train_args`` stay pure Ultralytics keys.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def kd_record(
         "teacher": teacher,
         "teacher_sha256": teacher_sha256,
     }
+    if cfg.kd_teacher_vocab_sha256 is not None:  # an open-vocabulary teacher: the vocabulary a resume must reuse
+        record["vocabulary"] = {"prompts": cfg.kd_teacher_prompts, "sha256": cfg.kd_teacher_vocab_sha256}
     if state is not None:
         record["state"] = state
     return record

@@ -5,6 +5,8 @@ yolo-kd train resume=runs/detect/train/weights/last.pt
 yolo-kd demo [regime=scratch|finetune] [epochs=15] [teacher_epochs=30] [imgsz=128] [project=runs/demo] [overwrite=False]
 yolo-kd export model=best.pt format=onnx [data=data.yaml] [imgsz=640] [half=False] [int8=False] [overwrite=False]
 yolo-kd label model=teacher.pt source=raw_images/ [out=raw_images_labelled] [conf=0.25] [val_fraction=0.1] [val=DIR]
+yolo-kd label model=yoloe-11s-seg.pt source=raw_images/ names=data.yaml [prompts=prompts.yaml] [embeddings=FILE]
+yolo-kd embed model=yolov8s-worldv2.pt names=data.yaml out=embeddings.pt [prompts=prompts.yaml] [overwrite=False]
 yolo-kd dataset [root=datasets] [name=kdshapes] [n_train=400] [n_val=100] [imgsz=160] [seed=0]
 yolo-kd help
 """
@@ -109,7 +111,7 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
         kwargs: The command's key=value pairs.
     """
     check_keys("train", kwargs, [*_ultralytics_keys(), *KD_RUN_KEYS, *KDConfig.field_names()])
-    check_yaml_keys(kwargs, ("kd", "kd_class_map", "data", "cfg"))
+    check_yaml_keys(kwargs, ("kd", "kd_class_map", "kd_teacher_prompts", "data", "cfg"))
     if kwargs.get("project"):
         check_writable("project", kwargs["project"])
     from ultralytics import YOLO
@@ -179,6 +181,21 @@ def cmd_label(kwargs: dict[str, Any]) -> None:
     label_folder(**kwargs)
 
 
+def cmd_embed(kwargs: dict[str, Any]) -> None:
+    """``yolo-kd embed``: an open-vocabulary model's prompt embeddings of a student's classes, to a file.
+
+    Args:
+        kwargs: The command's key=value pairs.
+    """
+    from .vocabulary import embed_prompts
+
+    check_keys("embed", kwargs, _params(embed_prompts))
+    for key in ("model", "names", "out"):
+        if key not in kwargs:
+            raise KDConfigError(f"embed needs {key}=")
+    embed_prompts(**kwargs)
+
+
 def cmd_dataset(kwargs: dict[str, Any]) -> None:
     """``yolo-kd dataset``.
 
@@ -207,7 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": cmd_train, "demo": cmd_demo, "export": cmd_export, "label": cmd_label, "dataset": cmd_dataset}
+    commands = {
+        "train": cmd_train,
+        "demo": cmd_demo,
+        "export": cmd_export,
+        "label": cmd_label,
+        "embed": cmd_embed,
+        "dataset": cmd_dataset,
+    }
     if command not in commands:
         print(
             f"yolo-kd: unknown command '{command}'; commands: {sorted(commands)} (see 'yolo-kd help')", file=sys.stderr

@@ -24,6 +24,7 @@ INIT_BLOCKS = ("first", "even")  # kept equal to yolo_kd.inherit.BLOCK_CHOICES (
 RUN_KEYS = ("teacher", "kd")  # KD keys of a training run besides the KDConfig fields
 TEMPERATURE_RANGE = (1e-3, 1e3)  # beyond it a softmax/sigmoid saturates to one-hot or flat: no useful soft target
 MAX_UNLABELED_RATIO = 0.95  # the mixed list holds ratio / (1 - ratio) unlabeled slots per labeled image
+HEX_DIGITS = "0123456789abcdef"
 
 
 @dataclass
@@ -85,6 +86,17 @@ class KDConfig:
     kd_teacher_amp: bool = True
     """Run the teacher in reduced precision where the hardware does it natively (fp16 on CUDA, bf16 on CPUs with
     native bf16); False keeps it in fp32."""
+    kd_teacher_prompts: str | dict | None = None
+    """Open-vocabulary teachers (YOLO-World, YOLOE): student class -> prompt words (a comma-separated string or a
+    list), as a dict or a YAML file of one, e.g. {hardhat: 'hard hat, safety helmet'}; a class's score is the max
+    over its prompts, an empty value gives a class no prompt. Classes not listed are prompted with their own name.
+    Recorded with the run as every class's prompts."""
+    kd_teacher_embeddings: str | None = None
+    """Open-vocabulary teachers: a .pt or .npz file mapping each prompt to its text-encoder vector (``yolo-kd embed``
+    writes one); without it the text encoder is used when its weights are on disk (yolo-kd never downloads)."""
+    kd_teacher_vocab_sha256: str | None = None
+    """Hash of an open-vocabulary teacher's prompts and embeddings: set when a run starts, checked when it resumes (a
+    different vocabulary stops the run); given by hand, it pins the vocabulary a run must use."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,6 +144,7 @@ class KDConfig:
             self.kd_class_map = loaded
         elif self.kd_class_map is not None and not isinstance(self.kd_class_map, dict):
             raise KDConfigError(f"kd_class_map={self.kd_class_map!r} must be a dict or a YAML file")
+        self._validate_vocabulary()
         if not 0.0 < self.unlabeled_ratio <= MAX_UNLABELED_RATIO:
             raise KDConfigError(f"unlabeled_ratio={self.unlabeled_ratio} must be in (0, {MAX_UNLABELED_RATIO}]")
         if not 0.0 < self.kd_pseudo_conf < 1.0:
@@ -153,6 +166,31 @@ class KDConfig:
 
         if self.kd_feat_loss not in FEATURE_LOSSES:
             raise KDConfigError(f"kd_feat_loss={self.kd_feat_loss!r} is unknown; choose one of {tuple(FEATURE_LOSSES)}")
+
+    def _validate_vocabulary(self) -> None:
+        """Check the open-vocabulary keys: a prompts mapping (or its YAML file), an embeddings file, a SHA-256."""
+        prompts = self.kd_teacher_prompts
+        if isinstance(prompts, (str, Path)):
+            if not Path(prompts).is_file():
+                raise KDConfigError(f"kd_teacher_prompts={prompts}: no such file")
+            loaded = read_yaml("kd_teacher_prompts", prompts)
+            if not isinstance(loaded, dict):
+                raise KDConfigError(f"kd_teacher_prompts={prompts}: expected a mapping student class -> prompts")
+            self.kd_teacher_prompts = prompts = loaded
+        if prompts is not None and not isinstance(prompts, dict):
+            raise KDConfigError(f"kd_teacher_prompts={prompts!r} must be a dict or a YAML file")
+        for key, value in (prompts or {}).items():
+            words = value if isinstance(value, (list, tuple)) else [value]
+            if not all(w is None or isinstance(w, str) for w in words):
+                raise KDConfigError(f"kd_teacher_prompts: {key!r}: {value!r} must be a string or a list of strings")
+        if self.kd_teacher_embeddings is not None:
+            path = Path(str(self.kd_teacher_embeddings))
+            if not path.is_file():
+                raise KDConfigError(f"kd_teacher_embeddings={self.kd_teacher_embeddings}: no such file")
+            self.kd_teacher_embeddings = str(path.resolve())
+        sha = self.kd_teacher_vocab_sha256
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= set(HEX_DIGITS)):
+            raise KDConfigError(f"kd_teacher_vocab_sha256={sha!r} must be a SHA-256 hex digest (64 characters)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as stored in checkpoints.

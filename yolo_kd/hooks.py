@@ -46,7 +46,8 @@ class DetectTap:
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     def _capture(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        self.feats = list(inputs[0])
+        # one map per level: YOLOE's model appends its class embeddings to the head's input list
+        self.feats = list(inputs[0])[: self.head.nl]
 
     def __enter__(self) -> DetectTap:
         """Register the hook on the head; it captures the head's input maps on each forward pass."""

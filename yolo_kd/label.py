@@ -29,11 +29,12 @@ import numpy as np
 import yaml
 
 from .classes import class_pairs, name_list
-from .config import KDConfigError
+from .config import KDConfigError, load_kd_config
 from .dataset import image_files
 from .files import write_text_atomic
 from .inputs import check_writable, read_yaml
 from .teacher import file_sha256, load_teacher_model
+from .vocabulary import Vocabulary, apply_vocabulary, is_open_vocabulary, open_vocabulary_teacher
 
 MARKER = ".yolo_kd_label.json"
 
@@ -49,6 +50,8 @@ class LabelRequest:
     iou: float
     imgsz: int | None
     names: str | Path | None
+    prompts: str | dict | None
+    embeddings: str | Path | None
     device: str | None
     batch: int
     val: str | Path | None
@@ -69,6 +72,7 @@ class LabelPlan:
         names: The dataset's class names.
         keep: Teacher class index -> dataset class index (teacher classes absent from ``names`` are dropped).
         val: The ``val`` entry of the data YAML (the split folder, or the user's own ``val=`` folder).
+        vocabulary: An open-vocabulary teacher's prompts and embeddings (None for a closed-set teacher).
     """
 
     out: Path
@@ -79,6 +83,7 @@ class LabelPlan:
     keep: dict[int, int]
     val: str
     resume: bool = False
+    vocabulary: Vocabulary | None = None
 
 
 @dataclass
@@ -100,6 +105,8 @@ def label_folder(
     iou: float = 0.7,
     imgsz: int | None = None,
     names: str | Path | None = None,
+    prompts: str | dict | None = None,
+    embeddings: str | Path | None = None,
     device: str | None = None,
     batch: int = 16,
     val: str | Path | None = None,
@@ -118,7 +125,12 @@ def label_folder(
         iou: NMS IoU threshold.
         imgsz: Inference size (default: the teacher's training size).
         names: A data YAML whose class names the labels should use (teacher classes are mapped to them by name;
-            classes it lacks are dropped). Default: the teacher's own names.
+            classes it lacks are dropped). Default: the teacher's own names. An open-vocabulary teacher (YOLO-World,
+            YOLOE) needs it: it is prompted with these names.
+        prompts: Open-vocabulary teachers: class -> other prompt words (``kd_teacher_prompts``: a dict or a YAML
+            file; a class scores as the max over its prompts).
+        embeddings: Open-vocabulary teachers: a prompt -> vector file (``kd_teacher_embeddings``, written by
+            ``yolo-kd embed``); without it the text encoder is used if its weights are on disk.
         device: Inference device (Ultralytics' ``device=``).
         batch: Images per inference call.
         val: A folder of your own validation images (with their labels), used as the dataset's ``val`` unchanged.
@@ -142,6 +154,8 @@ def label_folder(
         iou=iou,
         imgsz=imgsz,
         names=names,
+        prompts=prompts,
+        embeddings=embeddings,
         device=device,
         batch=batch,
         val=val,
@@ -176,7 +190,7 @@ def plan_labels(req: LabelRequest) -> LabelPlan:
     src, files, dst = _source_and_out(req)
     own_val = _own_val(req.val, src)
     student_names = _names_file(req.names) if req.names is not None else None
-    names, keep, imgsz = _classes_and_size(req, student_names)
+    names, keep, imgsz, vocab = _classes_and_size(req, student_names)
     images = _split(files, src, dst, None if own_val else req.val_fraction, req.seed)
     labels = _label_paths(images, src)
     settings = {
@@ -192,11 +206,13 @@ def plan_labels(req: LabelRequest) -> LabelPlan:
         "val_fraction": None if own_val else req.val_fraction,
         "seed": None if own_val else req.seed,
     }
+    if vocab is not None:  # other prompts or embeddings are other labels: no resume across them
+        settings["vocabulary_sha256"] = vocab.sha256
     resume = _check_out(dst, settings, req.overwrite)
     if req.overwrite and not resume:
         _check_nothing_stale(dst, {*images.values(), *labels.values()})
     val = own_val or str(dst / "images" / "val")
-    return LabelPlan(dst, settings, images, labels, names, keep, val, resume)
+    return LabelPlan(dst, settings, images, labels, names, keep, val, resume, vocab)
 
 
 def _source_and_out(req: LabelRequest) -> tuple[Path, list[Path], Path]:
@@ -213,14 +229,28 @@ def _source_and_out(req: LabelRequest) -> tuple[Path, list[Path], Path]:
     return src, files, dst
 
 
-def _classes_and_size(req: LabelRequest, student_names: list[str] | None) -> tuple[list[str], dict[int, int], int]:
-    """The dataset's class names, teacher class -> dataset class, and the inference size, from the teacher."""
+def _classes_and_size(
+    req: LabelRequest, student_names: list[str] | None
+) -> tuple[list[str], dict[int, int], int, Vocabulary | None]:
+    """The dataset's class names, teacher class -> dataset class, the inference size and an open-vocabulary teacher's
+    vocabulary (prompted with the dataset's class names, as in training), from the teacher."""
     teacher = load_teacher_model(req.model)  # refuses files that are not detection checkpoints
-    t_names = name_list(teacher.names)
     imgsz = int(req.imgsz or teacher.args.get("imgsz", 640))
+    # the same checks (one line each) and the same vocabulary code as the trainer's kd_teacher_* keys
+    cfg = load_kd_config(kd_teacher_prompts=req.prompts, kd_teacher_embeddings=req.embeddings)
+    vocab = None
+    if is_open_vocabulary(teacher):
+        if student_names is None:
+            raise KDConfigError(f"model={req.model} is an open-vocabulary model: give names=data.yaml to prompt it")
+        vocab = open_vocabulary_teacher(
+            teacher, student_names, cfg.kd_teacher_prompts, cfg.kd_teacher_embeddings, req.model
+        )
+    elif req.prompts is not None or req.embeddings is not None:
+        raise KDConfigError(f"prompts=/embeddings= are for open-vocabulary models; model={req.model} has fixed classes")
+    t_names = name_list(teacher.names)
     if student_names is None:
-        return t_names, {i: i for i in range(len(t_names))}, imgsz
-    return student_names, {t: s for s, t in class_pairs(student_names, t_names)}, imgsz
+        return t_names, {i: i for i in range(len(t_names))}, imgsz, vocab
+    return student_names, {t: s for s, t in class_pairs(student_names, t_names)}, imgsz, vocab
 
 
 def _check_numbers(conf: float, iou: float, batch: int, val_fraction: float) -> None:
@@ -393,6 +423,10 @@ def run_teacher(plan: LabelPlan, req: LabelRequest) -> LabelTally:
         else:
             todo.append(image)
     detector = YOLO(str(req.model), task="detect")
+    if plan.vocabulary is not None:
+        apply_vocabulary(detector.model, plan.vocabulary)
+        # Ultralytics' wrapper keeps the checkpoint's task (YOLOE-seg: 'segment'); the model is now a detector
+        detector.task = detector.overrides["task"] = "detect"
     step = req.batch
     for i in TQDM(range(0, len(todo), step), desc="yolo-kd label", total=(len(todo) + step - 1) // step):
         chunk, arrays = [], []
@@ -406,7 +440,10 @@ def run_teacher(plan: LabelPlan, req: LabelRequest) -> LabelTally:
         if not arrays:
             continue
         imgsz = plan.settings["imgsz"]
-        results = detector.predict(arrays, conf=req.conf, iou=req.iou, imgsz=imgsz, device=req.device, verbose=False)
+        # class-aware NMS, as for any detector (Ultralytics' YOLOE wrapper defaults to class-agnostic)
+        results = detector.predict(
+            arrays, conf=req.conf, iou=req.iou, imgsz=imgsz, device=req.device, agnostic_nms=False, verbose=False
+        )
         for f, r in zip(chunk, results):
             write_text_atomic(plan.labels[f], _box_lines(r, plan.keep, tally))
             # the image is linked after its label: a linked image never passes for an unlabelled background image

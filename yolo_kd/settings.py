@@ -11,6 +11,9 @@ from torch import nn
 from .classes import class_pairs, name_list
 from .config import KDConfig, KDConfigError, kd_keys, load_kd_config, load_recorded_config
 from .teacher import file_sha256, load_teacher_model
+from .vocabulary import is_open_vocabulary, open_vocabulary_teacher
+
+RESUME_KEYS = ("teacher", "kd_teacher_embeddings")  # the KD keys a resume takes: files that may have moved
 
 
 @dataclass
@@ -66,7 +69,7 @@ def settings_from_checkpoint(record: dict[str, Any], kd_args: dict[str, Any]) ->
     """
     from ultralytics.utils import LOGGER, colorstr
 
-    ignored = sorted(k for k in kd_args if k != "teacher")
+    ignored = sorted(k for k in kd_args if k not in RESUME_KEYS)
     if ignored:
         LOGGER.warning(f"{colorstr('yolo-kd:')} resume ignores {ignored}: KD settings come from the checkpoint")
     teacher = kd_args.get("teacher") or record["teacher"]
@@ -74,8 +77,38 @@ def settings_from_checkpoint(record: dict[str, Any], kd_args: dict[str, Any]) ->
     recorded = record.get("teacher_sha256")
     if recorded is not None and sha is not None and sha != recorded:
         raise KDConfigError(f"teacher={teacher} is not the teacher this run was trained with (file hash differs)")
-    cfg = load_recorded_config(record["config"])
-    return RunSettings(cfg, str(Path(teacher).resolve()), sha, load_teacher_model(teacher), record.get("state"))
+    config = dict(record["config"])
+    if kd_args.get("kd_teacher_embeddings"):  # a moved embeddings file; the recorded hash still decides
+        config["kd_teacher_embeddings"] = kd_args["kd_teacher_embeddings"]
+    cfg = load_recorded_config(config)
+    model = load_teacher_model(teacher)
+    if is_open_vocabulary(model):
+        # the recorded prompts list every student class in order: the vocabulary is rebuilt without the data YAML
+        set_vocabulary(model, list(cfg.kd_teacher_prompts or {}), cfg, teacher)
+    return RunSettings(cfg, str(Path(teacher).resolve()), sha, model, record.get("state"))
+
+
+def set_vocabulary(model: nn.Module, names: list[str] | None, cfg: KDConfig, teacher: str | Path) -> None:
+    """Give an open-vocabulary teacher the student's classes, and record the prompts and their hash in ``cfg``.
+
+    Args:
+        model: The open-vocabulary teacher, changed in place (``vocabulary.apply_vocabulary``).
+        names: The student's class names.
+        cfg: The KD settings: ``kd_teacher_prompts`` becomes every class's prompts, ``kd_teacher_vocab_sha256`` their
+            hash (which must equal the one already there, recorded or pinned).
+        teacher: The teacher's path, for messages.
+
+    Raises:
+        KDConfigError: No names, no embeddings, or a vocabulary whose hash differs from the one recorded.
+    """
+    vocab = open_vocabulary_teacher(model, names, cfg.kd_teacher_prompts, cfg.kd_teacher_embeddings, teacher)
+    if cfg.kd_teacher_vocab_sha256 is not None and cfg.kd_teacher_vocab_sha256 != vocab.sha256:
+        raise KDConfigError(
+            f"teacher={teacher}: its prompt embeddings hash to {vocab.sha256[:12]}..., not to the recorded "
+            f"kd_teacher_vocab_sha256 {cfg.kd_teacher_vocab_sha256[:12]}...: not the vocabulary this run was made with"
+        )
+    cfg.kd_teacher_prompts = vocab.prompts
+    cfg.kd_teacher_vocab_sha256 = vocab.sha256
 
 
 def settings_from_arguments(kd_args: dict[str, Any], overrides: dict[str, Any]) -> RunSettings:
@@ -95,6 +128,13 @@ def settings_from_arguments(kd_args: dict[str, Any], overrides: dict[str, Any]) 
     teacher = kd_args.pop("teacher", None)
     cfg = load_kd_config(kd_args.pop("kd", None), **kd_args)
     model = load_teacher_model(teacher)
+    if is_open_vocabulary(model):
+        set_vocabulary(model, data_names(overrides.get("data")), cfg, teacher)
+    elif cfg.kd_teacher_prompts or cfg.kd_teacher_embeddings or cfg.kd_teacher_vocab_sha256:
+        raise KDConfigError(
+            f"kd_teacher_prompts/kd_teacher_embeddings/kd_teacher_vocab_sha256 are for open-vocabulary teachers "
+            f"(YOLO-World, YOLOE); teacher={teacher} has fixed classes"
+        )
     check_pair(model, overrides.get("model"), overrides.get("data"), cfg)
     return RunSettings(cfg, str(Path(teacher).resolve()), file_sha256(teacher), model)
 
@@ -112,15 +152,12 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig) -> None
         KDConfigError: Different strides, or no class in common.
     """
     from ultralytics.nn.tasks import DetectionModel
-    from ultralytics.utils import YAML
 
     from .checkpoint import load_model_file
 
-    data_names = None
-    if isinstance(data, (str, Path)) and str(data).endswith((".yaml", ".yml")) and Path(data).is_file():
-        data_names = name_list(YAML.load(data).get("names"))
+    names = data_names(data)
     if isinstance(model, (str, Path)) and str(model).endswith((".yaml", ".yml")):
-        student_stride = DetectionModel(str(model), nc=len(data_names or [0]), verbose=False).stride
+        student_stride = DetectionModel(str(model), nc=len(names or [0]), verbose=False).stride
     elif isinstance(model, (str, Path)) and str(model).endswith(".pt") and Path(model).is_file():
         student_stride = load_model_file(model).stride
     else:
@@ -130,5 +167,21 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig) -> None
             f"teacher strides {teacher.stride.int().tolist()} differ from the student's "
             f"{student_stride.int().tolist()}: their head maps cannot be matched"
         )
-    if data_names is not None:
-        class_pairs(data_names, name_list(teacher.names), cfg.kd_class_map)
+    if names is not None:
+        class_pairs(names, name_list(teacher.names), cfg.kd_class_map)
+
+
+def data_names(data: Any) -> list[str] | None:
+    """The class names of Ultralytics' ``data=``, when it is a YAML file on disk.
+
+    Args:
+        data: Ultralytics' ``data=``.
+
+    Returns:
+        The names, or None when they cannot be read here (the trainer reads them later).
+    """
+    from ultralytics.utils import YAML
+
+    if isinstance(data, (str, Path)) and str(data).endswith((".yaml", ".yml")) and Path(data).is_file():
+        return name_list(YAML.load(data).get("names")) or None
+    return None

@@ -31,7 +31,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_teacher_model(path: str | Path) -> nn.Module:
-    """Load an Ultralytics detection checkpoint as an fp32 model on the CPU.
+    """Load an Ultralytics detection checkpoint (or an open-vocabulary one, YOLOE-seg included) as fp32 on the CPU.
 
     Args:
         path: The teacher checkpoint.
@@ -57,7 +57,10 @@ def load_teacher_model(path: str | Path) -> nn.Module:
         find_detect_head(model)
     except ValueError:
         task = None
-    if task != "detect":
+    from .vocabulary import is_open_vocabulary
+
+    # an open-vocabulary segmentation model (YOLOE-seg) teaches as the detector its vocabulary turns it into
+    if task != "detect" and not (task == "segment" and is_open_vocabulary(model)):
         raise KDConfigError(f"teacher={path}: not a detection model (task={task!r}); KD needs a Detect-headed teacher")
     return model
 
