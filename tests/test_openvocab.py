@@ -261,3 +261,12 @@ def test_yoloe_teacher_labels_a_folder_then_teaches_with_unlabeled(
     ]  # fmt: skip
     assert main(argv) == 0
     _student_is_plain(project / "u" / "weights" / "best.pt")
+
+
+def test_an_open_vocabulary_teacher_needs_the_students_names(
+    teachers: dict[str, str], embeddings: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train = ["train", f"teacher={teachers['world']}", f"kd_teacher_embeddings={embeddings}", f"project={tmp_path}"]
+    err = _refused([*train, f"data={tmp_path / 'missing.yaml'}"], capsys)
+    assert "prompted with the student's class names" in err and "missing.yaml" in err
+    assert list(tmp_path.iterdir()) == []

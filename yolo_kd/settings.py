@@ -129,7 +129,13 @@ def settings_from_arguments(kd_args: dict[str, Any], overrides: dict[str, Any]) 
     cfg = load_kd_config(kd_args.pop("kd", None), **kd_args)
     model = load_teacher_model(teacher)
     if is_open_vocabulary(model):
-        set_vocabulary(model, data_names(overrides.get("data")), cfg, teacher)
+        names = data_names(overrides.get("data"))
+        if names is None:  # prompted with the student's class names, which only the data YAML gives this early
+            raise KDConfigError(
+                f"teacher={teacher} is an open-vocabulary model, prompted with the student's class names: "
+                f"data={overrides.get('data')} is not a data YAML file with names on disk"
+            )
+        set_vocabulary(model, names, cfg, teacher)
     elif cfg.kd_teacher_prompts or cfg.kd_teacher_embeddings or cfg.kd_teacher_vocab_sha256:
         raise KDConfigError(
             f"kd_teacher_prompts/kd_teacher_embeddings/kd_teacher_vocab_sha256 are for open-vocabulary teachers "
