@@ -96,3 +96,13 @@ def test_results_rows_past_the_checkpoint_are_dropped(tmp_path: Path) -> None:
     assert trim_results_csv(csv, 2) == 1
     assert csv.read_text() == "epoch,loss\n1,0.5\n2,0.4\n"
     assert trim_results_csv(csv, 2) == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+
+
+def test_resume_of_a_finished_run_says_so_in_one_line(tmp_path: Path) -> None:
+    last = tmp_path / "weights" / "last.pt"
+    last.parent.mkdir()
+    # what Ultralytics' strip_optimizer leaves at the end of a run: epoch -1, the KD record without connector state
+    torch.save({"epoch": -1, "train_args": {"epochs": 3}, "kd": {"config": {}, "teacher": "/t.pt"}}, last)
+    with pytest.raises(KDConfigError, match=r"finished \(epoch 3 of 3\); nothing to resume") as e:
+        resume_record(last)
+    assert "\n" not in str(e.value) and str(last.with_name("best.pt")) in str(e.value)

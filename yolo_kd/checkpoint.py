@@ -136,7 +136,7 @@ def resume_record(resume: Any) -> dict[str, Any] | None:
         record; its ``train_args`` still carry the KD settings, so a record is rebuilt from them (no connector state).
 
     Raises:
-        KDConfigError: No such checkpoint, or one yolo-kd did not write.
+        KDConfigError: No such checkpoint, one yolo-kd did not write, or one of a run that finished.
     """
     from ultralytics.utils import LOGGER, colorstr
 
@@ -149,6 +149,12 @@ def resume_record(resume: Any) -> dict[str, Any] | None:
     if not isinstance(resume, (str, Path)) or not Path(resume).is_file():
         raise KDConfigError(f"resume={resume}: no such checkpoint")
     ckpt = load_checkpoint_file(resume)
+    if isinstance(ckpt, dict) and ckpt.get("epoch") == -1:  # Ultralytics' end-of-training mark (strip_optimizer)
+        epochs = (ckpt.get("train_args") or {}).get("epochs", "all")
+        raise KDConfigError(
+            f"resume={resume}: this run finished (epoch {epochs} of {epochs}); nothing to resume. To train on from its "
+            f"weights, start a new run: model={Path(resume).with_name('best.pt')} with teacher= and kd= as before"
+        )
     record = ckpt.get(KD_RECORD) if isinstance(ckpt, dict) else None
     if record is None:
         args = ckpt.get("train_args", {}) if isinstance(ckpt, dict) else {}
