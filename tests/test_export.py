@@ -62,6 +62,21 @@ def test_openvino_export_is_verified(student: Path, data_yaml: str) -> None:
     assert report["max_abs_output_diff"] < 0.05 * report["imgsz"]
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "litert", "openvino"])
+def test_int8_export_of_the_fp32_student_is_calibrated_and_reported(student: Path, data_yaml: str, fmt: str) -> None:
+    modules = {"onnx": ["onnxruntime"], "litert": ["ai_edge_litert", "litert_torch"], "openvino": ["openvino"]}[fmt]
+    if any(importlib.util.find_spec(m) is None for m in modules):
+        pytest.skip(f"{fmt} packages not installed (pip install -e .[export]); CI installs them")
+    argv = ["export", f"model={student}", f"format={fmt}", "quantize=8", f"data={data_yaml}", "runs=3"]
+    assert main(argv) == 0
+    report = json.loads((student.parent / f"student_{fmt}_int8_export_report.json").read_text())
+    assert report["passed"] and report["precision"] == "int8"
+    assert report["int8_ranges"] == f"calibrated on {data_yaml}"
+    assert all(0 <= report["mAP50-95"][k] <= 1 for k in ("pytorch", "exported"))  # INT8 next to the fp32 student
+    assert Path(report["exported"]).exists() and report["size_mb"]["exported"] > 0
+    assert report["latency_ms_median"]["exported"] > 0 and report["latency_device"] == "cpu"
+
+
 def _refused(argv: list[str], folder: Path, capsys: pytest.CaptureFixture) -> str:
     before = sorted(folder.iterdir())
     assert main(["export", *argv]) == 2
@@ -78,8 +93,8 @@ def test_bad_requests_are_refused_in_one_line(student: Path, data_yaml: str, cap
     junk.write_text("no checkpoint here")
     assert "not an Ultralytics checkpoint" in _refused([f"model={junk}", "format=onnx"], folder, capsys)
     assert "no such checkpoint" in _refused([f"model={folder / 'nope.pt'}", "format=onnx"], folder, capsys)
-    assert "int8=True needs calibration images" in _refused(
-        [f"model={student}", "format=onnx", "int8=True"], folder, capsys
+    assert "quantize=8 needs calibration images" in _refused(
+        [f"model={student}", "format=onnx", "quantize=8"], folder, capsys
     )
     if not __import__("torch").cuda.is_available():
         assert "needs a CUDA GPU" in _refused([f"model={student}", "format=engine"], folder, capsys)

@@ -3,6 +3,10 @@
 The export itself is Ultralytics' (``YOLO(pt).export(...)``); this module adds the checks a deployment needs:
 mAP50-95 of the exported file through Ultralytics' own backend next to the PyTorch student's, the largest raw-output
 difference on fixed images, file size and median latency, written to ``export_report.{json,md}`` beside the model.
+
+Precision is Ultralytics' ``quantize=8|16|32`` (``int8=``/``half=`` still work, with Ultralytics' deprecation warning).
+An INT8 export of a QAT checkpoint (``yolo-kd train ... quantize=8``) carries the ranges learnt in training as Q/DQ
+nodes, as Ultralytics' exporter writes them, with no calibration; it is compared with the same weights in fp32.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import qat
 from .config import KDConfigError
 from .inputs import check_writable, read_checkpoint
 
@@ -33,6 +38,8 @@ FORMAT_MODULES: dict[str, tuple[str, ...]] = {
     "openvino": ("openvino",),
     "engine": ("tensorrt", "onnx"),
 }
+# ... and what their INT8 calibration needs besides (Ultralytics quantizes OpenVINO models with NNCF)
+INT8_MODULES: dict[str, tuple[str, ...]] = {"openvino": ("nncf",)}
 FP32_TOLERANCE = 0.005  # an fp32 export may lose at most 0.5 mAP50-95 points against the PyTorch student
 
 
@@ -58,16 +65,76 @@ def resolve_checkpoint(model: str | Path) -> Path:
     return path
 
 
-def check_request(fmt: str, int8: bool, data: str | None, device: str | None) -> None:
-    """Refuse, in one line, what cannot work here, before anything is written."""
+def export_precision(quantize: Any = None, half: Any = None, int8: Any = None) -> int | str | None:
+    """The ``quantize=`` an export asks for, the deprecated ``int8=``/``half=`` mapped onto it as Ultralytics does.
+
+    Args:
+        quantize: Ultralytics' ``quantize=`` (8, 16, 32, 'int8', ...); it wins over the legacy flags.
+        half: Deprecated fp16 flag.
+        int8: Deprecated int8 flag (wins over ``half``).
+
+    Returns:
+        8, 16, 32, one of Ultralytics' w-notation schemes, or None (fp32).
+    """
+    from ultralytics.utils import deprecation_warn
+
+    if quantize is None and (int8 is not None or half is not None):  # Ultralytics' mapping (cfg._handle_deprecation)
+        on = {
+            k: v is not None and str(v).strip().lower() not in {"none", "false", "0"}
+            for k, v in (("int8", int8), ("half", half))
+        }
+        quantize = 8 if on["int8"] else 16 if on["half"] else None
+        deprecation_warn("int8" if int8 is not None else "half", "quantize")  # Ultralytics' one-line warning
+    return qat.quantize_value(quantize)
+
+
+def check_request(fmt: str, quantize: int | str | None, data: str | None, device: str | None, is_qat: bool) -> None:
+    """Refuse, in one line, what cannot work here, before anything is written.
+
+    Args:
+        fmt: Ultralytics' format name.
+        quantize: The canonical precision (``export_precision``).
+        data: The ``data=`` given, if any.
+        device: The export device.
+        is_qat: The checkpoint carries QAT quantizers.
+    """
+    from ultralytics.engine.exporter import FP16_FORMATS, FP32_UNSUPPORTED_FORMATS, INT8_FORMATS
+
     known = formats()
     if fmt not in known:
         raise ExportError(f"format={fmt} is unknown; Ultralytics exports: {', '.join(sorted(known))}")
     if fmt == "engine" and not torch.cuda.is_available():
         raise ExportError("format=engine (TensorRT) needs a CUDA GPU, and this machine has none")
-    if int8 and not data:
-        raise ExportError("int8=True needs calibration images: pass data=path/to/data.yaml")
-    missing = [m for m in FORMAT_MODULES.get(fmt, ()) if importlib.util.find_spec(m) is None]
+    if is_qat:
+        qat.check_installed("a QAT checkpoint (its quantizers load through ModelOpt)")
+        if fmt not in qat.QAT_EXPORT_FORMATS:
+            raise ExportError(
+                f"format={fmt} cannot carry a QAT checkpoint's learnt INT8 ranges (they are exported for "
+                f"{', '.join(qat.QAT_EXPORT_FORMATS)}); export one of those, or export the fp32 student with quantize=8"
+            )
+        if quantize not in {None, 8}:
+            raise ExportError(f"quantize={quantize}: a QAT checkpoint exports INT8 only (quantize=8)")
+        for needed in {fmt, "onnx"} if fmt == "openvino" else {fmt}:  # OpenVINO is made from the Q/DQ ONNX
+            _check_modules(needed)
+        return
+    supported = {8: INT8_FORMATS, 16: FP16_FORMATS}.get(quantize)
+    if (supported is not None and fmt not in supported) or (quantize == 32 and fmt in FP32_UNSUPPORTED_FORMATS):
+        ok = sorted(supported or set(known) - FP32_UNSUPPORTED_FORMATS)
+        raise ExportError(f"format={fmt} does not export quantize={quantize}; formats that do: {', '.join(ok)}")
+    if quantize in {8, "w8a16"} and not data:
+        raise ExportError(f"quantize={quantize} needs calibration images: pass data=path/to/data.yaml")
+    _check_modules(fmt, calibrated=quantize == 8)
+
+
+def _check_modules(fmt: str, calibrated: bool = False) -> None:
+    """Refuse a format whose Python packages are missing (nothing is installed behind the user's back).
+
+    Args:
+        fmt: Ultralytics' format name.
+        calibrated: An INT8 export calibrated here, whose format may need more packages (``INT8_MODULES``).
+    """
+    needed = FORMAT_MODULES.get(fmt, ()) + (INT8_MODULES.get(fmt, ()) if calibrated else ())
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         raise ExportError(
             f"format={fmt} needs {missing}, which are not installed; install them with: pip install -e '.[export]'"
@@ -147,29 +214,36 @@ class Verification:
         exported: The exported model (file or folder) beside it.
         fmt: Ultralytics' format name.
         imgsz: Export and validation image size.
-        half: fp16 export.
-        int8: int8 export.
+        quantize: The canonical precision (8, 16, None for fp32, ...).
+        reference: What the export is compared to: the checkpoint, or for a QAT checkpoint its weights in fp32.
         data: The data YAML validated on.
         data_dict: That YAML as Ultralytics resolved it.
         runs: Latency repetitions over the fixed images.
         batch: PyTorch validation batch size (exported models validate at batch 1).
+        qat: The checkpoint is a QAT one (its INT8 ranges were learnt in training, not calibrated at export).
     """
 
     pt: Path
     exported: Path
     fmt: str
     imgsz: int
-    half: bool
-    int8: bool
+    quantize: int | str | None
+    reference: Path
     data: str
     data_dict: dict
     runs: int
     batch: int
+    qat: bool = False
 
     @property
     def precision(self) -> str:
-        """int8, fp16 or fp32."""
-        return precision_name(self.half, self.int8)
+        """int8, fp16, fp32 or Ultralytics' scheme name."""
+        return precision_name(self.quantize)
+
+    @property
+    def half(self) -> bool:
+        """An fp16 export."""
+        return self.quantize == 16
 
     @property
     def device(self) -> torch.device:
@@ -181,13 +255,14 @@ def export_and_verify(
     model: str | Path,
     format: str = "onnx",
     imgsz: int | None = None,
-    half: bool = False,
-    int8: bool = False,
+    quantize: int | str | None = None,
     data: str | None = None,
     device: str | None = None,
     runs: int = 20,
     batch: int = 8,
     overwrite: bool = False,
+    half: bool | None = None,
+    int8: bool | None = None,
     **export_kwargs: Any,
 ) -> dict[str, Any]:
     """Export ``model`` with Ultralytics, verify the result, put the files in place; return the report dict.
@@ -200,13 +275,14 @@ def export_and_verify(
         model: A checkpoint, or a run folder (its ``weights/best.pt``).
         format: Ultralytics' export format.
         imgsz: Export size (default: the training size recorded in the checkpoint).
-        half: fp16 export.
-        int8: int8 export (needs ``data``).
+        quantize: Ultralytics' precision: 8 (INT8; needs ``data`` unless the checkpoint is a QAT one), 16, 32/None.
         data: Data YAML to validate on (default: the one recorded in the checkpoint).
         device: Export device.
         runs: Latency repetitions.
         batch: PyTorch validation batch size.
         overwrite: Replace an earlier export and report of the same names (only once the new one passed).
+        half: Deprecated, ``quantize=16`` (Ultralytics' alias, with its warning).
+        int8: Deprecated, ``quantize=8`` (Ultralytics' alias, with its warning).
         **export_kwargs: Further Ultralytics export arguments.
 
     Returns:
@@ -216,28 +292,45 @@ def export_and_verify(
     from ultralytics.data.utils import check_det_dataset
 
     pt = resolve_checkpoint(model)
-    train_args = read_checkpoint("model", pt).get("train_args") or {}
-    # int8 calibrates on images the user names; fp32/fp16 verification may fall back to the training data
-    check_request(format, int8, data, device)
+    ckpt = read_checkpoint("model", pt)
+    train_args, is_qat = ckpt.get("train_args") or {}, qat.is_qat_checkpoint(ckpt)
+    quantize = export_precision(quantize, half, int8)
+    # int8 calibrates on images the user names (a QAT checkpoint learnt its ranges); verification may fall back to
+    # the training data
+    check_request(format, quantize, data, device, is_qat)
+    quantize = 8 if is_qat else quantize  # the Q/DQ graph of a QAT checkpoint is INT8 whatever was asked
     data = data or train_args.get("data")
     imgsz = int(imgsz or train_args.get("imgsz") or 640)
     if not data:
         raise ExportError("no validation data to verify against: pass data=path/to/data.yaml")
     check_writable("model", pt.parent)
-    base = report_base(pt, format, precision_name(half, int8))
+    base = report_base(pt, format, precision_name(quantize))
     _check_free([pt.parent / f"{pt.stem}{formats()[format]}", pt.parent / f"{base}.json"], overwrite)
     work = Path(tempfile.mkdtemp(prefix=".yolo_kd_export_", dir=pt.parent))
     try:
         copy = work / pt.name
         shutil.copy2(pt, copy)
+        # the export is compared with the fp32 student: for a QAT checkpoint, its trained weights without quantizers
+        reference = qat.save_fp32_reference(ckpt, work / f"{pt.stem}_fp32.pt") if is_qat else copy
+        del ckpt
+        via_onnx = is_qat and format == "openvino"  # Ultralytics refuses it; made from the Q/DQ ONNX instead
         exported = Path(
             YOLO(str(copy)).export(
-                format=format, imgsz=imgsz, half=half, int8=int8, data=data, device=device, **export_kwargs
+                format="onnx" if via_onnx else format,
+                imgsz=imgsz,
+                quantize=quantize,
+                data=data,
+                device=device,
+                **export_kwargs,
             )
         )
+        if via_onnx:
+            exported = qat.openvino_from_onnx(exported)
         final = pt.parent / exported.name
         _check_free([final], overwrite)
-        v = Verification(copy, exported, format, imgsz, half, int8, data, check_det_dataset(data), runs, batch)
+        v = Verification(
+            copy, exported, format, imgsz, quantize, reference, data, check_det_dataset(data), runs, batch, is_qat
+        )
         report = verify(v, pt, final)
         _place(report, exported, final, work)
     except KDConfigError:
@@ -257,9 +350,9 @@ def export_and_verify(
     return report
 
 
-def precision_name(half: bool, int8: bool) -> str:
-    """The precision an export runs in: int8, fp16 or fp32."""
-    return "int8" if int8 else "fp16" if half else "fp32"
+def precision_name(quantize: int | str | None) -> str:
+    """The precision an export runs in: int8, fp16, fp32, or Ultralytics' scheme name (w8a16, w8a32)."""
+    return {8: "int8", 16: "fp16", 32: "fp32", None: "fp32"}.get(quantize, str(quantize))
 
 
 def report_base(pt: Path, fmt: str, precision: str) -> str:
@@ -288,7 +381,7 @@ def _mean_ap(v: Verification, weights: Path) -> float:
         rect=False,  # exported models run at the fixed export size; PyTorch must see the very same inputs
         plots=False,
         verbose=False,
-        half=False,
+        quantize=None,  # fp32 PyTorch reference (Ultralytics' unset precision); exported files run as exported
         project=str(v.pt.parent / "export_val"),  # inside the private folder, removed with it
         name=weights.stem,
         exist_ok=True,
@@ -307,10 +400,11 @@ def verify(v: Verification, model: Path, final: Path) -> dict[str, Any]:
         The report (``passed`` False when an fp32 export loses more than ``FP32_TOLERANCE`` mAP50-95).
     """
     images = _fixed_images(v.data_dict, v.imgsz)
-    ref, ref_ms = _raw_outputs_and_latency(v.pt, images, v.runs, v.device)
+    ref, ref_ms = _raw_outputs_and_latency(v.reference, images, v.runs, v.device)
     out, out_ms = _raw_outputs_and_latency(v.exported, images, v.runs, v.device, fp16=v.half and v.fmt == "engine")
     max_diff = max(float((a - b).abs().max()) for a, b in zip(ref, out))
-    map_pt, map_ex = _mean_ap(v, v.pt), _mean_ap(v, v.exported)
+    map_pt, map_ex = _mean_ap(v, v.reference), _mean_ap(v, v.exported)
+    ranges = None if v.quantize not in {8, "w8a16"} else "learnt in QAT" if v.qat else f"calibrated on {v.data}"
     return {
         "model": str(model),
         "exported": str(final),
@@ -324,6 +418,7 @@ def verify(v: Verification, model: Path, final: Path) -> dict[str, Any]:
         "latency_ms_median": {"pytorch": ref_ms, "exported": out_ms},
         "latency_device": str(v.device),
         "images_compared": len(images),
+        "int8_ranges": ranges,
         "passed": v.precision != "fp32" or map_pt - map_ex <= FP32_TOLERANCE,
     }
 
@@ -370,7 +465,7 @@ def report_markdown(r: dict[str, Any]) -> str:
         [
             f"# Export report: {r['format']} ({r['precision']}, imgsz {r['imgsz']})",
             "",
-            "| | PyTorch | exported |",
+            "| | PyTorch fp32 | exported |",
             "|---|---|---|",
             f"| mAP50-95 | {m['pytorch']:.4f} | {m['exported']:.4f} (drop {100 * m['drop']:+.2f} points) |",
             f"| size (MB) | {s['pytorch']:.1f} | {s['exported']:.1f} |",
@@ -378,6 +473,7 @@ def report_markdown(r: dict[str, Any]) -> str:
             "",
             f"Largest absolute raw-output difference on {r['images_compared']} fixed images: "
             f"{r['max_abs_output_diff']:.3g}",
+            *([f"INT8 ranges: {r['int8_ranges']}"] if r.get("int8_ranges") else []),
             f"Verdict: {'PASS' if r['passed'] else 'FAIL'} ({r['exported']})",
             "",
         ]

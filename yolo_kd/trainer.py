@@ -13,7 +13,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, RANK, YAML
 from ultralytics.utils.torch_utils import unwrap_model
 
-from . import checkpoint, compat, report
+from . import checkpoint, compat, qat, report
 from .classes import class_pairs, is_identity, name_list
 from .config import kd_keys
 from .criterion import KDLoss, probe_head_channels
@@ -32,6 +32,11 @@ class KDDetectionTrainer(DetectionTrainer):
     Takes every Ultralytics train argument plus ``teacher=PATH``, ``kd=PRESET_OR_YAML`` and any ``kd_*`` key of
     ``KDConfig``; those are removed before Ultralytics parses the rest, so Ultralytics' own keys pass untouched.
     Bad KD input raises ``KDConfigError`` before the run folder is created.
+
+    With ``quantize=8`` the student trains with Ultralytics' INT8 fake quantization (QAT, see qat.py). Ultralytics
+    inserts it in ``_setup_train`` after ``setup_model``, so the student is quantized with its final initial weights
+    (``kd_init`` or ``model=best.pt``) and calibrated before the KD criterion exists (calibration runs no teacher
+    pass); the teacher is never quantized and runs in fp32.
 
     Attributes:
         kd_cfg (KDConfig): The run's KD settings (from the arguments, or from the checkpoint on resume).
@@ -57,6 +62,8 @@ class KDDetectionTrainer(DetectionTrainer):
             _callbacks: Ultralytics' callbacks.
         """
         overrides = dict(overrides or {})
+        if qat.quantize_value(overrides.get("quantize")) == 8:
+            qat.check_installed("quantize=8")
         kd_args = pop_kd_args(overrides)
         record = checkpoint.resume_record(overrides.get("resume"))
         resumed = record is not None
@@ -129,9 +136,9 @@ class KDDetectionTrainer(DetectionTrainer):
             self._class_map = None if is_identity(self.class_pairs, len(s_names), len(t_names)) else self.class_pairs
             if self._class_map is not None:
                 report.log_class_map(self.class_pairs, s_names, t_names)
-            self.teacher = FrozenTeacher(
-                self._teacher_model, self.device, amp=cfg.kd_teacher_amp, feats=cfg.kd_feat > 0
-            )
+            # Under QAT the teacher is the fp32 reference the quantized student learns to match: no reduced precision
+            amp = cfg.kd_teacher_amp and self.args.quantize != 8
+            self.teacher = FrozenTeacher(self._teacher_model, self.device, amp=amp, feats=cfg.kd_feat > 0)
             self._teacher_model = None  # the fused copy inside FrozenTeacher is the only one kept
             channels = probe_head_channels(student), probe_head_channels(self.teacher.model)
             self.distiller = Distiller(*channels, cfg).to(self.device)
