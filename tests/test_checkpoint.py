@@ -106,3 +106,32 @@ def test_resume_of_a_finished_run_says_so_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(KDConfigError, match=r"finished \(epoch 3 of 3\); nothing to resume") as e:
         resume_record(last)
     assert "\n" not in str(e.value) and str(last.with_name("best.pt")) in str(e.value)
+
+
+def test_a_kill_between_the_two_saves_leaves_best_and_last_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after one of the two saves of a new best epoch: last.pt may lag (the epoch is trained again on
+    resume), but never names a best epoch that best.pt does not hold."""
+    import yolo_kd.checkpoint as checkpoint
+
+    targets = {"last": tmp_path / "last.pt", "best": tmp_path / "best.pt", "epoch": None}
+    for name in ("last.pt", "best.pt"):  # epoch 1's files
+        torch.save({"epoch": 1, "best_fitness": 0.1, "train_args": {}}, tmp_path / name)
+    scratch_last, scratch_best = tmp_path / "partial-last.pt", tmp_path / "partial-best.pt"
+    for p in (scratch_last, scratch_best):  # epoch 2 is a new best
+        torch.save({"epoch": 2, "best_fitness": 0.2, "train_args": {}}, p)
+    real, calls = checkpoint.atomic_save, []
+
+    def killed_on_second_save(obj: dict, path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", killed_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        complete_checkpoints(scratch_last, scratch_best, targets, {"config": {}}, ())
+    last, best = (load_checkpoint_file(targets[k]) for k in ("last", "best"))
+    assert last["best_fitness"] <= best["best_fitness"]  # best.pt holds at least the best that last.pt records
+    assert (last["epoch"], best["epoch"]) == (1, 2)
