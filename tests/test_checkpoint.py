@@ -106,6 +106,12 @@ def test_resume_of_a_finished_run_says_so_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(KDConfigError, match=r"finished \(epoch 3 of 3\); nothing to resume") as e:
         resume_record(last)
     assert "\n" not in str(e.value) and str(last.with_name("best.pt")) in str(e.value)
+    # killed after the last epoch's save, before the final evaluation stripped it: every epoch is trained
+    torch.save({"epoch": 2, "train_args": {"epochs": 3}, "kd": {"config": {}, "teacher": "/t.pt"}}, last)
+    with pytest.raises(KDConfigError, match="trained every epoch.*nothing to resume"):
+        resume_record(last)
+    torch.save({"epoch": 1, "train_args": {"epochs": 3}, "kd": {"config": {}, "teacher": "/t.pt"}}, last)
+    assert resume_record(last) == {"config": {}, "teacher": "/t.pt"}  # epoch 3 of 3 still to train
 
 
 def test_a_kill_between_the_two_saves_leaves_best_and_last_consistent(

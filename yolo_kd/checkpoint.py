@@ -149,10 +149,14 @@ def resume_record(resume: Any) -> dict[str, Any] | None:
     if not isinstance(resume, (str, Path)) or not Path(resume).is_file():
         raise KDConfigError(f"resume={resume}: no such checkpoint")
     ckpt = load_checkpoint_file(resume)
-    if isinstance(ckpt, dict) and ckpt.get("epoch") == -1:  # Ultralytics' end-of-training mark (strip_optimizer)
-        epochs = (ckpt.get("train_args") or {}).get("epochs", "all")
+    epochs = (ckpt.get("train_args") or {}).get("epochs") if isinstance(ckpt, dict) else None
+    epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
+    # Ultralytics' end-of-training mark (strip_optimizer sets epoch -1), or the last epoch's checkpoint of a run killed
+    # during its final evaluation: every epoch is trained either way, and Ultralytics' resume would stop in a traceback
+    if epoch == -1 or (isinstance(epoch, int) and isinstance(epochs, int) and epoch + 1 >= epochs):
+        how = "finished" if epoch == -1 else "trained every epoch (it was stopped during its final evaluation)"
         raise KDConfigError(
-            f"resume={resume}: this run finished (epoch {epochs} of {epochs}); nothing to resume. To train on from its "
+            f"resume={resume}: this run {how} (epoch {epochs} of {epochs}); nothing to resume. To train on from its "
             f"weights, start a new run: model={Path(resume).with_name('best.pt')} with teacher= and kd= as before"
         )
     record = ckpt.get(KD_RECORD) if isinstance(ckpt, dict) else None
