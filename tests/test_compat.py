@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -40,3 +41,30 @@ def test_checkpoint_paths_redirected_inside_the_block_only(tmp_path) -> None:
 
 def test_world_size_is_ultralytics_own_outside_torchrun() -> None:
     assert torchrun_world_size(1) == 1 and torchrun_world_size(0) == 0
+
+
+def test_final_strip_replaces_whole_files_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ultralytics' end-of-training rewrite of a checkpoint, killed mid-write, leaves the old file whole."""
+    import ultralytics.engine.trainer as engine
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    from yolo_kd.compat import atomic_final_strip
+
+    last = tmp_path / "last.pt"
+    torch.save({"model": DetectionModel("yolov8n.yaml", nc=2, verbose=False), "epoch": 1, "train_args": {}}, last)
+    before = last.read_bytes()
+    real_save = torch.save
+
+    def dies_mid_write(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        Path(f).write_bytes(b"\x80half")  # what a kill leaves of a write in progress
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt), atomic_final_strip():
+        engine.strip_optimizer(last)
+    assert last.read_bytes() == before  # the checkpoint is untouched
+    monkeypatch.setattr(torch, "save", real_save)
+    with atomic_final_strip():
+        engine.strip_optimizer(last)
+    assert load_checkpoint(last)[0] is not None and engine.strip_optimizer.__name__ == "strip_optimizer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no scratch file left

@@ -166,3 +166,30 @@ def checkpoints_written_to(trainer: Any, last: Path, best: Path) -> Iterator[Non
         yield
     finally:
         trainer.last, trainer.best = own
+
+
+@contextmanager
+def atomic_final_strip() -> Iterator[None]:
+    """Inside the block, Ultralytics' end-of-training ``strip_optimizer`` writes whole files or none.
+
+    ``BaseTrainer.final_eval`` rewrites ``last.pt`` and ``best.pt`` in place (optimizer stripped, weights halved); a
+    kill or a full disk in that window truncated them (found by tests/test_kill_resume.py). Here each rewrite goes to
+    a scratch file beside the target, which is then moved over it with ``os.replace``.
+    """
+    import ultralytics.engine.trainer as engine
+
+    strip = engine.strip_optimizer
+
+    def atomic(f: str | Path = "best.pt", s: str = "", updates: dict[str, Any] | None = None) -> dict[str, Any]:
+        target = Path(s or f)
+        scratch = target.with_name(f"partial-strip-{target.name}")  # not matched by Ultralytics' last*.pt search
+        out = strip(f, str(scratch), updates)
+        if scratch.exists():
+            os.replace(scratch, target)
+        return out
+
+    engine.strip_optimizer = atomic
+    try:
+        yield
+    finally:
+        engine.strip_optimizer = strip

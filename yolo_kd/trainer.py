@@ -323,11 +323,13 @@ class KDDetectionTrainer(DetectionTrainer):
                 report.warn_trimmed(dropped, self.start_epoch)
 
     def final_eval(self):
-        """Finished checkpoints cannot be resumed, so the connector state leaves ``last.pt``; then Ultralytics' eval.
+        """Finished checkpoints cannot be resumed, so the connector state leaves ``last.pt``; then Ultralytics' eval,
+        whose final rewrite of ``last.pt``/``best.pt`` goes through a scratch file (``compat.atomic_final_strip``).
 
         Returns:
             Ultralytics' final metrics.
         """
         if RANK in {-1, 0} and self.last.exists():
             checkpoint.drop_connector_state(self.last)
-        return super().final_eval()
+        with compat.atomic_final_strip():
+            return super().final_eval()
