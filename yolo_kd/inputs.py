@@ -69,13 +69,13 @@ def read_checkpoint(key: str, path: str | Path) -> dict[str, Any]:
     Returns:
         The checkpoint dict (with ``model`` or ``ema``).
     """
-    import torch
+    from .checkpoint import load_checkpoint_file  # the one loader (Ultralytics' own, its safe-load setting honoured)
 
     p = Path(path)
     if not p.is_file():
         raise KDConfigError(f"{key}={path}: no such checkpoint (yolo-kd downloads nothing; give a local .pt file)")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint_file(p)
     except Exception as e:  # pickle/zip errors of truncated or foreign files
         raise KDConfigError(f"{key}={path}: not an Ultralytics checkpoint ({_first_line(e)})") from None
     if not isinstance(ckpt, dict) or (ckpt.get("ema") or ckpt.get("model")) is None:
