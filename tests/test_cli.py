@@ -106,3 +106,18 @@ def test_output_folder_that_cannot_be_written(tmp_path: Path, capsys: pytest.Cap
     file = tmp_path / "file"
     file.write_text("x")
     assert "is a file, not a folder" in _refused(["dataset", f"root={file / 'sub'}"], capsys, tmp_path)
+
+
+def test_resume_of_a_finished_run_is_one_line_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Ultralytics' Model.train would quietly start a new run from a finished checkpoint (and yolo-kd then ask for
+    teacher=); the CLI says the run finished."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    last = tmp_path / "weights" / "last.pt"
+    last.parent.mkdir()
+    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    torch.save({"model": model, "epoch": -1, "train_args": {"epochs": 2}, "kd": {"config": {}, "teacher": "t"}}, last)
+    assert main(["train", f"resume={last}"]) == 2
+    err = capsys.readouterr().err
+    assert "finished (epoch 2 of 2); nothing to resume" in err and err.count("\n") == 1

@@ -116,6 +116,7 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
         check_writable("project", kwargs["project"])
     from ultralytics import YOLO
 
+    from .checkpoint import resume_record
     from .trainer import KDDetectionTrainer
 
     resume = kwargs.get("resume")
@@ -123,6 +124,9 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
         if resume is True:
             raise KDConfigError("resume needs a path: yolo-kd train resume=runs/.../weights/last.pt")
         read_checkpoint("resume", resume)
+        # before Ultralytics sees it: Model.train quietly starts a new run from a finished checkpoint, which would then
+        # fail for want of teacher=; resume_record says in one line that the run finished (or was not yolo-kd's)
+        resume_record(resume)
         check_writable("resume", Path(str(resume)).parent)  # the run's weights are saved beside it
         model = YOLO(str(resume))
         kwargs["resume"] = True  # Model.train maps resume=True to its own checkpoint path
