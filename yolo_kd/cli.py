@@ -3,11 +3,11 @@
 yolo-kd train model=yolov8n.yaml teacher=teacher.pt data=data.yaml kd=default epochs=100 imgsz=640
 yolo-kd train resume=runs/detect/train/weights/last.pt
 yolo-kd demo [regime=scratch|finetune] [epochs=15] [teacher_epochs=30] [imgsz=128] [project=runs/demo] [overwrite=False]
-yolo-kd export model=best.pt format=onnx [data=data.yaml] [imgsz=640] [half=False] [int8=False] [overwrite=False]
+yolo-kd export model=best.pt format=onnx [data=data.yaml] [imgsz=640] [quantize=8|16|32] [overwrite=False]
 yolo-kd label model=teacher.pt source=raw_images/ [out=raw_images_labelled] [conf=0.25] [val_fraction=0.1] [val=DIR]
 yolo-kd label model=yoloe-11s-seg.pt source=raw_images/ names=data.yaml [prompts=prompts.yaml] [embeddings=FILE]
 yolo-kd embed model=yolov8s-worldv2.pt names=data.yaml out=embeddings.pt [prompts=prompts.yaml] [overwrite=False]
-yolo-kd dataset [root=datasets] [name=kdshapes] [n_train=400] [n_val=100] [imgsz=160] [seed=0]
+yolo-kd dataset [root=datasets] [name=kdshapes] [n_train=400] [n_val=100] [imgsz=160] [seed=0] [domain=kdshapes|source]
 yolo-kd help
 """
 
@@ -116,6 +116,7 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
         check_writable("project", kwargs["project"])
     from ultralytics import YOLO
 
+    from . import qat
     from .checkpoint import resume_record
     from .trainer import KDDetectionTrainer
 
@@ -123,7 +124,8 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
     if resume not in (None, False):
         if resume is True:
             raise KDConfigError("resume needs a path: yolo-kd train resume=runs/.../weights/last.pt")
-        read_checkpoint("resume", resume)
+        if qat.is_qat_checkpoint(read_checkpoint("resume", resume)):
+            qat.check_installed("resume of a QAT run")  # else Ultralytics would try to pip-install ModelOpt
         # before Ultralytics sees it: Model.train quietly starts a new run from a finished checkpoint, which would then
         # fail for want of teacher=; resume_record says in one line that the run finished (or was not yolo-kd's)
         resume_record(resume)
