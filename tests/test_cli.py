@@ -23,6 +23,7 @@ def _python(code: str) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow  # a fresh Python process (Ultralytics' import alone takes seconds)
 def test_importing_the_library_changes_no_environment() -> None:
     out = _python(
         """
@@ -35,6 +36,7 @@ def test_importing_the_library_changes_no_environment() -> None:
     assert out.splitlines()[-1] == "None None"
 
 
+@pytest.mark.slow  # fresh Python processes
 @pytest.mark.parametrize("ultralytics_first", [True, False])
 def test_cli_turns_auto_install_and_network_probe_off_whatever_the_import_order(ultralytics_first: bool) -> None:
     first = "import os; os.environ['YOLO_OFFLINE'] = '1'; import ultralytics.utils.checks" if ultralytics_first else ""

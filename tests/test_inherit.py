@@ -62,7 +62,7 @@ def test_wider_teacher_is_sliced_evenly_and_classes_copied_by_class() -> None:
 
 SAME_DEPTH_PAIRS = [
     ("yolov8n.yaml", "yolov8s.yaml"),
-    ("yolov8l.yaml", "yolov8x.yaml"),
+    pytest.param("yolov8l.yaml", "yolov8x.yaml", marks=pytest.mark.slow),  # the widest models: seconds
     ("yolo11n.yaml", "yolo11s.yaml"),  # C2PSA attention: heads kept whole
     ("yolo26n.yaml", "yolo26s.yaml"),  # end-to-end head with its one-to-one branch
 ]
