@@ -38,7 +38,8 @@ from ultralytics.nn.distill_model import DistillationModel  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
 
 from yolo_kd.config import KDConfig, load_kd_config  # noqa: E402
-from yolo_kd.criterion import KDLoss, KDModules, probe_head_channels  # noqa: E402
+from yolo_kd.criterion import KDLoss, probe_head_channels  # noqa: E402
+from yolo_kd.distiller import Distiller  # noqa: E402
 from yolo_kd.export import wall_seconds  # noqa: E402
 from yolo_kd.teacher import FrozenTeacher  # noqa: E402
 
@@ -176,7 +177,7 @@ def main() -> None:
         if mode == "c":  # yolo-kd
             teacher = yolo_kd_teacher()
             student = build(a.student, a.nc, args).to(device).train()
-            modules = KDModules(probe_head_channels(student), probe_head_channels(teacher.model), cfg).to(device)
+            modules = Distiller(probe_head_channels(student), probe_head_channels(teacher.model), cfg).to(device)
             student.criterion = KDLoss(student.init_criterion(), teacher, modules, cfg, student.model[-1].reg_max)
             return stepper(student, list(modules.parameters()), before=student.criterion.prefetch)
         # (d) native distill_model=

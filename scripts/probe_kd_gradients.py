@@ -26,7 +26,8 @@ from ultralytics.data.utils import check_det_dataset  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
 
 from yolo_kd.config import load_kd_config  # noqa: E402
-from yolo_kd.criterion import KDLoss, KDModules, probe_head_channels  # noqa: E402
+from yolo_kd.criterion import KDLoss, probe_head_channels  # noqa: E402
+from yolo_kd.distiller import Distiller  # noqa: E402
 from yolo_kd.teacher import FrozenTeacher  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     for q in student.parameters():
         q.requires_grad_(True)
     cfg = load_kd_config(a.kd)
-    modules = KDModules(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
+    modules = Distiller(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
     student.criterion = KDLoss(student.init_criterion(), teacher, modules, cfg, student.model[-1].reg_max)
     batches = iter(loader)
     for _ in range(a.batches):

@@ -15,8 +15,6 @@ from .distiller import KD_TERMS, Distiller, box_kd_reason
 from .hooks import DetectTap
 from .teacher import FrozenTeacher
 
-KDModules = Distiller  # the name scripts/ import the distiller by
-
 
 @torch.no_grad()
 def probe_head_channels(model: nn.Module) -> list[int]:
