@@ -207,13 +207,15 @@ def cached_training(model: str, data: str, epochs: int, label: str, args: argpar
     """Train ``model`` on ``data`` once (seed 0) and return its ``best.pt``; a completed earlier run is reused.
 
     The folder's name carries a hash of the settings and of the parent checkpoint's bytes (``content_key``), so a
-    parent trained again gives its children another folder.
+    parent trained again gives its children another folder. A stage killed part-way (a session's end) is continued
+    from its ``last.pt`` unless ``--no-resume-stages``.
     """
     key = content_key(model, dataset_manifest(data), epochs, args.imgsz, args.batch)
     best, _ = train_or_reuse(
         model,
         f"{label}_{Path(model).stem}_{key}",
         label,
+        resume=args.resume_stages,
         project=str(project),
         data=data,
         epochs=epochs,
@@ -316,6 +318,12 @@ def main() -> None:
     )
     p.add_argument(
         "--table-only", action="store_true", help="train nothing: tabulate the runs already recorded for this setting"
+    )
+    p.add_argument(
+        "--resume-stages",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue a killed teacher or pretraining stage from its last.pt (one bench process per --project)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from yolo_kd.runs import content_key, train_or_reuse, why_not_reuse
+from yolo_kd.runs import content_key, resumable, train_or_reuse, why_not_reuse
 
 ARGS = {"model": "yolov8n.yaml", "data": "data.yaml", "epochs": 2, "imgsz": 64, "batch": 8, "seed": 0}
 
@@ -47,6 +47,45 @@ def test_train_or_reuse_returns_the_first_reusable_folder_and_leaves_the_others(
     assert killed.read_bytes() == before
     with pytest.raises(KeyError):  # every checked setting must be given: none is taken from Ultralytics' defaults
         train_or_reuse(model, "stage", "stage", project=str(tmp_path), data="data.yaml", epochs=2)
+
+
+def test_only_a_killed_run_with_the_same_settings_is_resumable(tmp_path: Path) -> None:
+    import shutil
+
+    for folder, finished in (("killed", False), ("done", True)):
+        best = _run(tmp_path / folder, finished=finished)
+        shutil.copy(best, best.with_name("last.pt"))  # a kill leaves last.pt of the same epoch
+    assert resumable(tmp_path / "killed", ARGS) == tmp_path / "killed" / "weights" / "last.pt"
+    assert resumable(tmp_path / "killed", {**ARGS, "epochs": 3}) is None  # another schedule: not the same run
+    assert resumable(tmp_path / "done", ARGS) is None  # finished: reuse, not resume
+    assert resumable(tmp_path / "nothing", ARGS) is None
+
+
+@pytest.mark.slow
+def test_a_killed_stage_is_resumed_to_the_end(tmp_path: Path) -> None:
+    """A run stopped after its first epoch continues from last.pt and finishes; without resume it is left alone."""
+    from ultralytics import YOLO
+
+    from yolo_kd.dataset import make_dataset
+
+    data = str(make_dataset(tmp_path, "tiny", n_train=8, n_val=4, imgsz=32, seed=0))
+    settings = dict(project=str(tmp_path / "runs"), data=data, epochs=2, imgsz=32, batch=4, seed=0)
+    extra = dict(workers=0, plots=False, device="cpu")
+
+    def stop_after_first_epoch(trainer: object) -> None:
+        raise KeyboardInterrupt  # what a Ctrl-C or a session's end does after last.pt of epoch 1 was saved
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_fit_epoch_end", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        model.train(name="stage", exist_ok=False, **settings, **extra)
+    last = tmp_path / "runs" / "stage" / "weights" / "last.pt"
+    killed = last.read_bytes()
+    best, how = train_or_reuse("yolov8n.yaml", "stage", "stage", resume=True, **settings, **extra)
+    assert (best, how) == (str(tmp_path / "runs" / "stage" / "weights" / "best.pt"), "resumed")
+    assert why_not_reuse(tmp_path / "runs" / "stage", {"model": "yolov8n.yaml", **settings}) is None
+    assert last.read_bytes() != killed
+    assert len((tmp_path / "runs" / "stage" / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
 
 def test_content_key_changes_with_settings_and_parent_bytes(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ The demo's teacher and pretraining stages and the accuracy benchmark's pretraini
 ``train_or_reuse``. A run passes for finished only when its ``best.pt`` carries Ultralytics' end-of-training mark (the
 final step strips the optimizer and records epoch -1); a run killed earlier leaves a ``best.pt`` of some epoch that
 must not pass for a finished model. A cached folder that may not be reused is left as it is: the new run trains in the
-next free folder (``<name>_2``, ``<name>_3``, ...), so no run ever overwrites another one's files.
+next free folder (``<name>_2``, ``<name>_3``, ...), so no run ever overwrites another one's files. With
+``resume=True`` a killed run with the same settings is continued from its ``last.pt`` instead (Ultralytics'
+``resume``): long pretraining stages then survive a kill, one session at a time.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ def _same(key: str, got: Any, value: Any) -> bool:
     return key in PATH_KEYS and got is not None and Path(str(got)).resolve() == Path(str(value)).resolve()
 
 
+def _mismatch(run_dir: str | Path, recorded: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:
+    """The first setting of ``want`` that the run's recorded train arguments differ in, in words; None when none."""
+    for key, value in want.items():
+        got = recorded.get(key)
+        # Ultralytics' resume records model=<its own last.pt>; train_or_reuse resumes only after checking the model
+        resumed = key == "model" and _same(key, got, Path(run_dir) / "weights" / "last.pt")
+        if not (resumed or _same(key, got, value)):
+            return f"it was trained with {key}={got}, not {value}"
+    return None
+
+
 def why_not_reuse(run_dir: str | Path, want: Mapping[str, Any]) -> str | None:
     """Why the run in ``run_dir`` may not be reused for ``want``; None when its ``weights/best.pt`` may.
 
@@ -50,30 +63,50 @@ def why_not_reuse(run_dir: str | Path, want: Mapping[str, Any]) -> str | None:
     if ckpt.get("epoch") != -1 or ckpt.get("optimizer") is not None:
         done = int(ckpt.get("epoch") or 0) + 1
         return f"its run did not finish (stopped after epoch {done} of {want.get('epochs', '?')})"
-    recorded = ckpt.get("train_args") or {}
-    for key, value in want.items():
-        got = recorded.get(key)
-        if not _same(key, got, value):
-            return f"it was trained with {key}={got}, not {value}"
-    return None
+    return _mismatch(run_dir, ckpt.get("train_args") or {}, want)
 
 
-def train_or_reuse(model: str, name: str, what: str, **train_args: Any) -> tuple[str, str]:
+def resumable(run_dir: str | Path, want: Mapping[str, Any]) -> Path | None:
+    """The ``last.pt`` of a killed run in ``run_dir`` that was trained with ``want``; None when there is none.
+
+    Args:
+        run_dir: An Ultralytics run folder (``project/name``).
+        want: The train arguments the run must have been started with.
+
+    Returns:
+        The checkpoint to resume from, or None (no ``last.pt``, a finished run, or other settings).
+    """
+    last = Path(run_dir) / "weights" / "last.pt"
+    if not last.is_file():
+        return None
+    try:
+        ckpt = read_checkpoint("cached run", last)
+    except KDConfigError:
+        return None
+    if ckpt.get("epoch") == -1 or ckpt.get("optimizer") is None:  # finished (or stripped): nothing to continue
+        return None
+    return last if _mismatch(run_dir, ckpt.get("train_args") or {}, want) is None else None
+
+
+def train_or_reuse(model: str, name: str, what: str, resume: bool = False, **train_args: Any) -> tuple[str, str]:
     """``best.pt`` of a finished run of ``model`` with these settings: a cached one, or one trained now.
 
     Folders ``project/name``, ``project/name_2``, ... are tried in turn: the first whose run finished with ``model``
     and the ``CHECKED`` train arguments is reused; one that did not finish, or was trained otherwise, is left as it is
-    and the log says why. With none reusable, ``model`` trains in the first free folder.
+    and the log says why. With none reusable, ``model`` trains in the first free folder. With ``resume``, a folder
+    holding a killed run with the same settings is continued instead (only one process may work on a cache at a
+    time: two resuming the same folder would overwrite each other's checkpoints).
 
     Args:
         model: A model YAML or a parent checkpoint (``YOLO(model).train(...)``).
         name: The run's folder name (callers put what makes the run in it, so other settings get another folder).
         what: The run in a few words, for the log (e.g. ``teacher``).
+        resume: Continue a killed run with these settings from its ``last.pt`` rather than train a new one.
         **train_args: Ultralytics train arguments; ``project`` (the folder of the cached runs) and every key of
             ``CHECKED`` are required.
 
     Returns:
-        The checkpoint and how it was obtained: ``reused`` or ``trained``.
+        The checkpoint and how it was obtained: ``reused``, ``resumed`` or ``trained``.
 
     Raises:
         RuntimeError: The new run returned without finishing.
@@ -90,16 +123,26 @@ def train_or_reuse(model: str, name: str, what: str, **train_args: Any) -> tuple
         if why is None:
             LOGGER.info(f"reusing cached {what} {best}: its run finished with these settings")
             return str(best), "reused"
+        last = resumable(project / folder, want) if resume else None
+        if last is not None:
+            LOGGER.info(f"resuming cached {what} {last}: its run stopped early with these settings")
+            YOLO(str(last)).train(resume=True)
+            return _finished(project / folder, want, what), "resumed"
         k += 1
         LOGGER.info(f"leaving cached {what} {project / folder} as it is ({why}); training in {name}_{k}")
         folder = f"{name}_{k}"
     if folder == name:
         LOGGER.info(f"no cached {what} for these settings: training one in {project / folder}")
     YOLO(model).train(**{**train_args, "project": str(project), "name": folder, "exist_ok": False})
-    why = why_not_reuse(project / folder, want)
+    return _finished(project / folder, want, what), "trained"
+
+
+def _finished(run_dir: Path, want: Mapping[str, Any], what: str) -> str:
+    """``best.pt`` of the run that just returned in ``run_dir``; raise when it did not finish."""
+    why = why_not_reuse(run_dir, want)
     if why is not None:
-        raise RuntimeError(f"{what} in {project / folder}: training returned but {why}")
-    return str(project / folder / "weights" / "best.pt"), "trained"
+        raise RuntimeError(f"{what} in {run_dir}: training returned but {why}")
+    return str(run_dir / "weights" / "best.pt")
 
 
 def content_key(*parts: object) -> str:
