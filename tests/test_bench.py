@@ -1,4 +1,4 @@
-"""The accuracy benchmark's fine-tune regime (the users' regime) runs end to end at a tiny size."""
+"""The accuracy bench's fine-tune regime (the users' regime) and the INT8 bench on its students, at a tiny size."""
 
 from __future__ import annotations
 
@@ -50,3 +50,25 @@ def test_finetune_regime_end_to_end(tmp_path: Path) -> None:
     again = subprocess.run([*args, "--table-only"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("reusing") == 3  # student, teacher's pretraining, teacher's fine-tuning
+
+    # the INT8 bench starts from those fp32 students: a PTQ ONNX row and the KD-during-QAT row, then a rerun skips both
+    qat = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_qat.py"),
+        "--accuracy-project", str(runs),
+        "--epochs", "2",
+        "--imgsz", "64",
+        "--batch", "8",
+        "--seeds", "0",
+        "--finetune", "1",
+        "--rows", "3", "5",
+        "--work", str(tmp_path / "qat"),
+    ]  # fmt: skip
+    int8 = subprocess.run(qat, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert int8.returncode == 0, int8.stdout[-3000:] + int8.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "qat" / "bench_qat.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["format"]) for r in rows] == [("distilled PTQ", "onnx"), ("distilled QAT (KD)", "onnx")]
+    assert rows[0]["int8_ranges"] != rows[1]["int8_ranges"]  # calibrated at export vs learnt in training
+    assert "| distilled QAT (KD) | onnx |" in int8.stdout
+    rerun = subprocess.run(qat, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert rerun.returncode == 0 and len((tmp_path / "qat" / "bench_qat.jsonl").read_text().splitlines()) == 2
