@@ -75,6 +75,7 @@ def kd_run(data_yaml: str, teacher_pt: str, tmp_path_factory: pytest.TempPathFac
             f"teacher={teacher_pt}",
             f"data={data_yaml}",
             "kd=full",  # every term, so every column and the connectors are exercised
+            "kd_cross=1.0",  # and cross-head KD, which no preset switches on
             "epochs=2",
             f"imgsz={IMGSZ}",
             "batch=8",

@@ -1,4 +1,4 @@
-"""KDLoss without a model: the epoch schedule and the non-finite guard."""
+"""KDLoss: the epoch schedule, the non-finite guard, and cross-head KD through real (tiny, untrained) models."""
 
 from __future__ import annotations
 
@@ -37,3 +37,38 @@ def test_guard_repairs_in_place_and_reports_on_the_device() -> None:
     out["feats"][0][0, 0, 0, 0] = float("inf")
     finite = guard_non_finite(out)
     assert finite.dim() == 0 and not bool(finite) and torch.isfinite(out["feats"][0]).all()
+
+
+def test_cross_head_kd_runs_the_frozen_teacher_head_on_the_student_neck() -> None:
+    """kd_cross through KDLoss with real models: a fused yolov8s teacher with 4 classes, a yolov8n student with 3.
+
+    The term is positive, trains the student's backbone and neck, leaves the student's Detect head to the ground truth
+    and the teacher untouched.
+    """
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_kd.criterion import probe_head_channels
+    from yolo_kd.distiller import KD_TERMS, Distiller
+    from yolo_kd.teacher import FrozenTeacher
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    student.args = get_cfg()
+    teacher = FrozenTeacher(DetectionModel("yolov8s.yaml", nc=4, verbose=False), torch.device("cpu"), amp=False)
+    cfg = KDConfig(kd_cls=0.0, kd_box=0.0, kd_cross=1.0, kd_assign=0.0)
+    distiller = Distiller(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
+    pairs = [(0, 2), (1, 0), (2, 1)]
+    criterion = KDLoss(student.init_criterion(), teacher, distiller, cfg, student.model[-1].reg_max, pairs)
+    student.train()
+    images = torch.rand(2, 3, 64, 64)
+    preds = student(images)
+    kd = criterion.terms(criterion.base.parse_output(preds), teacher(images))
+    terms = dict(zip(KD_TERMS, kd))
+    assert terms["kd_cross"].item() > 0 and terms["kd_cls"].item() == terms["kd_box"].item() == 0.0
+    terms["kd_cross"].backward()
+    head = student.model[-1]
+    assert all(p.grad is None for p in head.parameters())  # the student's head: ground truth only
+    assert student.model[0].conv.weight.grad.abs().sum() > 0 and student.model[-2].cv1.conv.weight.grad is not None
+    assert all(c.weight.grad is not None for c in distiller.cross_connectors)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())

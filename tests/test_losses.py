@@ -134,7 +134,8 @@ def test_distiller_returns_each_named_term_scaled_by_its_gain(feat_loss: str) ->
     student, teacher = heads(s_ch), heads(t_ch)
     one = Distiller(s_ch, t_ch, KDConfig(kd_cls=1.0, kd_box=1.0, kd_feat=1.0, kd_feat_loss=feat_loss)).eval()
     terms = one(student, teacher)
-    assert list(terms) == list(KD_TERMS) and all(v.dim() == 0 and v.item() > 0 for v in terms.values())
+    assert list(terms) == list(KD_TERMS) and all(v.dim() == 0 for v in terms.values())
+    assert all(terms[k].item() > 0 for k in ("kd_cls", "kd_box", "kd_feat")) and terms["kd_cross"].item() == 0.0
     scaled = Distiller(s_ch, t_ch, KDConfig(kd_cls=2.0, kd_box=0.5, kd_feat=3.0, kd_feat_loss=feat_loss)).eval()
     scaled.load_state_dict(one.state_dict())
     got = scaled(student, teacher)
@@ -145,3 +146,74 @@ def test_distiller_returns_each_named_term_scaled_by_its_gain(feat_loss: str) ->
     assert not list(off.parameters())
     zeros = off({**student, "boxes": None}, {**teacher, "boxes": None})
     assert all(v.item() == 0.0 for v in zeros.values())
+
+
+class _TinyHead(torch.nn.Module):
+    """A two-level stand-in for a frozen teacher Detect head: 1x1 convs to DFL bins (4 x 4) and 3 class logits."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        self.box = torch.nn.ModuleList(torch.nn.Conv2d(c, 16, 1) for c in channels)
+        self.cls = torch.nn.ModuleList(torch.nn.Conv2d(c, 3, 1) for c in channels)
+        self.requires_grad_(False)  # frozen, as FrozenTeacher leaves it
+
+    def forward(self, maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        b = maps[0].shape[0]
+        boxes = torch.cat([m(x).view(b, 16, -1) for m, x in zip(self.box, maps)], -1)
+        scores = torch.cat([m(x).view(b, 3, -1) for m, x in zip(self.cls, maps)], -1)
+        return {"boxes": boxes, "scores": scores}
+
+
+def _cross(s_ch: list[int], t_ch: list[int]) -> tuple[Distiller, _TinyHead, list[torch.Tensor], dict]:
+    torch.manual_seed(0)
+    head = _TinyHead(t_ch)
+    t_maps = [torch.randn(2, c, *hw) for c, hw in zip(t_ch, [(4, 4), (2, 2)])]
+    teacher = {**head(t_maps), "feats": [], "head": head}
+    s_maps = [torch.randn(2, c, *hw, requires_grad=True) for c, hw in zip(s_ch, [(4, 4), (2, 2)])]
+    distiller = Distiller(s_ch, t_ch, KDConfig(kd_cls=0.0, kd_box=0.0, kd_cross=1.0))
+    return distiller, head, s_maps, teacher
+
+
+def test_cross_head_kd_is_zero_when_the_student_maps_are_the_teachers() -> None:
+    distiller, head, _, teacher = _cross([4, 6], [4, 6])
+    t_maps = [torch.randn(2, c, *hw) for c, hw in zip([4, 6], [(4, 4), (2, 2)])]
+    teacher = {**head(t_maps), "feats": [], "head": head}
+    with torch.no_grad():
+        for conn in distiller.cross_connectors:  # identity connectors: the teacher's head sees the teacher's maps
+            conn.weight.copy_(torch.eye(conn.weight.shape[0]).view_as(conn.weight))
+            conn.bias.zero_()
+    student = {"scores": torch.randn(2, 3, 20), "boxes": None, "feats": t_maps}
+    assert distiller(student, teacher)["kd_cross"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cross_head_kd_trains_the_student_maps_and_connectors_not_the_head_or_the_student_head() -> None:
+    distiller, head, s_maps, teacher = _cross([4, 6], [5, 8])
+    teacher = {k: (v.requires_grad_(True) if isinstance(v, torch.Tensor) else v) for k, v in teacher.items()}
+    s_scores = torch.randn(2, 3, 20, requires_grad=True)
+    terms = distiller({"scores": s_scores, "boxes": None, "feats": s_maps}, teacher)
+    assert terms["kd_cross"].item() > 0 and terms["kd_cls"].item() == 0.0
+    terms["kd_cross"].backward()
+    assert all(m.grad is not None and m.grad.abs().sum() > 0 for m in s_maps)  # into the student's neck maps
+    assert all(c.weight.grad is not None for c in distiller.cross_connectors)
+    assert s_scores.grad is None  # the student's own head output gets no KD target
+    assert all(p.grad is None for p in head.parameters())
+    assert teacher["scores"].grad is None and teacher["boxes"].grad is None
+
+
+def test_cross_head_kd_is_logit_plus_box_kd_of_the_teachers_head_on_the_connected_maps() -> None:
+    distiller, head, s_maps, teacher = _cross([4, 6], [5, 8])
+    got = distiller({"scores": torch.randn(2, 3, 20), "boxes": None, "feats": s_maps}, teacher)["kd_cross"]
+    cross = head([conn(m) for conn, m in zip(distiller.cross_connectors, s_maps)])
+    weight = teacher["scores"].sigmoid().amax(1)
+    logit = SigmoidLogitKD(2.0)(cross["scores"], teacher["scores"], weight)
+    box = DistributionKD(2.0)(cross["boxes"], teacher["boxes"], weight)
+    assert got.item() == pytest.approx((logit + box).item(), rel=1e-6)
+    no_box = distiller({"scores": torch.randn(2, 3, 20), "boxes": None, "feats": s_maps}, {**teacher, "boxes": None})
+    assert no_box["kd_cross"].item() == pytest.approx(logit.item(), rel=1e-6)
+
+
+def test_cross_head_kd_needs_as_many_levels_in_both_heads() -> None:
+    from yolo_kd.config import KDConfigError
+
+    with pytest.raises(KDConfigError, match="kd_cross: the student's head has 2 levels, the teacher's 3"):
+        Distiller([4, 6], [4, 6, 8], KDConfig(kd_cross=1.0))

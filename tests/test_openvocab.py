@@ -270,3 +270,12 @@ def test_an_open_vocabulary_teacher_needs_the_students_names(
     err = _refused([*train, f"data={tmp_path / 'missing.yaml'}"], capsys)
     assert "prompted with the student's class names" in err and "missing.yaml" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cross_head_kd_with_an_open_vocabulary_teacher_is_refused(
+    teachers: dict[str, str], embeddings: str, data_yaml: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train = ["train", f"teacher={teachers['world']}", f"kd_teacher_embeddings={embeddings}", f"data={data_yaml}"]
+    err = _refused([*train, "kd_cross=1.0", f"project={tmp_path}", f"imgsz={IMGSZ}"], capsys)
+    assert "kd_cross=1.0" in err and "open-vocabulary" in err and "fixed-class Detect head" in err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written

@@ -19,7 +19,7 @@ from yolo_kd.criterion import KDLoss
 
 from .conftest import IMGSZ, tiny_trainer
 
-KD_COLUMNS = ("train/kd_cls", "train/kd_box", "train/kd_feat")
+KD_COLUMNS = ("train/kd_cls", "train/kd_box", "train/kd_feat", "train/kd_cross")
 
 
 def _rows(run: Path) -> list[dict[str, str]]:

@@ -193,3 +193,20 @@ def atomic_final_strip() -> Iterator[None]:
         yield
     finally:
         engine.strip_optimizer = strip
+
+
+def detect_head_outputs(head: torch.nn.Module, maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Detect head's raw dense outputs for given input maps: Ultralytics' ``forward_head`` on its one2many branch.
+
+    Used by cross-head KD to run the teacher's head on the student's (connected) maps. Autograd stays as the caller
+    has it: the head's own parameters are frozen, the gradient flows into ``maps``.
+
+    Args:
+        head: An Ultralytics Detect head (v8/v9/11, and the dense branch of end-to-end heads).
+        maps: One map per level, with the channels the head expects.
+
+    Returns:
+        ``{"boxes": (B, 4 * R, A), "scores": (B, C, A)}``.
+    """
+    out = head.forward_head(maps, **head.one2many)
+    return {"boxes": out["boxes"], "scores": out["scores"]}

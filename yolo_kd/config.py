@@ -42,6 +42,11 @@ class KDConfig:
     kd_feat: float = 0.0
     """Gain of feature-map KD on the neck maps that feed the Detect head (P3/P4/P5); off in the default preset,
     on in ``full`` (it added no measured accuracy on our benchmark at most of the KD step's cost)."""
+    kd_cross: float = 0.0
+    """Gain of cross-head KD (CrossKD, Wang et al. CVPR 2024): the student's neck maps, through 1x1 connectors, run
+    through the frozen teacher's own Detect head, and those outputs are distilled (class logits and DFL bins, the
+    losses of kd_cls and kd_box) against the teacher's. The KD gradient reaches the student's neck and backbone but
+    not its head, which learns from the ground truth alone. Off by default (not measured to pay yet)."""
     kd_cls_temp: float = 2.0
     """Temperature of class-logit KD (logits are divided by it; the loss is scaled by its square)."""
     kd_box_temp: float = 2.0
@@ -117,7 +122,7 @@ class KDConfig:
                 setattr(self, f.name, float(value))
             elif f.type == "bool" and not isinstance(value, bool):
                 raise KDConfigError(f"{f.name}={value!r} must be True or False")
-        for name in ("kd_cls", "kd_box", "kd_feat", "kd_weight_power"):
+        for name in ("kd_cls", "kd_box", "kd_feat", "kd_cross", "kd_weight_power"):
             if getattr(self, name) < 0:
                 raise KDConfigError(f"{name}={getattr(self, name)} must be >= 0")
         for name in ("kd_cls_temp", "kd_box_temp", "kd_feat_temp"):

@@ -43,10 +43,11 @@ class KDLoss:
     """Ultralytics' detection criterion plus the distiller's terms: the adapter between the two.
 
     Called like the criterion it wraps, ``(preds, batch) -> (loss, loss_items)``. ``loss`` is the detection loss
-    vector followed by ``kd_cls``, ``kd_box`` and ``kd_feat``, each already multiplied by its gain and by the batch
-    size exactly as Ultralytics scales box/cls/dfl, and ``loss_items`` gains the three names, which become columns of
-    ``results.csv`` and of the progress bar. Around the distiller it does what ties KD to Ultralytics: the teacher's
-    pass (``prefetch``), the non-finite guard, the class map, teacher-guided assignment and pseudo-labels.
+    vector followed by the KD terms (``kd_cls``, ``kd_box``, ``kd_feat``, ``kd_cross``), each already multiplied by its
+    gain and by the batch size exactly as Ultralytics scales box/cls/dfl, and ``loss_items`` gains their names, which
+    become columns of ``results.csv`` and of the progress bar. Around the distiller it does what ties KD to
+    Ultralytics: the teacher's pass (``prefetch``), the non-finite guard, the class map, teacher-guided assignment
+    and pseudo-labels.
 
     It is set as the training student's ``criterion`` attribute, a plain attribute, so the teacher and connectors are
     never in the student's ``parameters()`` or ``state_dict()``. The trainer sets it after Ultralytics has made its
@@ -192,25 +193,42 @@ class KDLoss:
         return torch.cat([loss.view(-1), kd.to(loss.dtype) * batch_size]), items
 
     def terms(self, student: dict[str, Any], teacher: dict[str, Any]) -> torch.Tensor:
-        """The three KD terms ``[kd_cls, kd_box, kd_feat]`` for one batch: gain- and schedule-scaled, class-mapped.
+        """The KD terms (``KD_TERMS``) for one batch: gain- and schedule-scaled, class-mapped.
 
         Args:
             student: The student's parsed head outputs (``scores``, ``boxes``, ``feats``).
             teacher: The teacher's outputs (same keys).
 
         Returns:
-            A (3,) fp32 tensor.
+            A (len(KD_TERMS),) fp32 tensor.
         """
         s_scores, t_scores = student["scores"], teacher["scores"]
         if self.class_index is not None:  # only classes both know; teacher-only classes are left out
             s_scores = s_scores.index_select(1, self.class_index[0])
             t_scores = t_scores.index_select(1, self.class_index[1])
-        box = self.box_kd  # a pair whose DFL bins differ has no box term
+        box = self.box_kd  # a pair whose DFL bins differ has no box term (cross-head KD compares the teacher's bins)
+        t_out = {"scores": t_scores, "boxes": teacher["boxes"] if self.teacher.reg_max > 1 else None}
+        if self.cfg.kd_cross > 0:
+            t_out["head"] = self.teacher_head
         named = self.distiller(
             {"scores": s_scores, "boxes": student["boxes"] if box else None, "feats": student["feats"]},
-            {"scores": t_scores, "boxes": teacher["boxes"] if box else None, "feats": teacher["feats"]},
+            {**t_out, "feats": teacher["feats"]},
         )
         return torch.stack([named[k] for k in KD_TERMS]) * self.schedule
+
+    def teacher_head(self, maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The teacher's head on other maps (cross-head KD), its scores restricted to the classes both know.
+
+        Args:
+            maps: One map per level, with the teacher head's channels.
+
+        Returns:
+            ``{"scores": (B, C, A), "boxes": (B, 4*R, A)}``, C the matched classes, in the order of ``terms``.
+        """
+        out = self.teacher.head_outputs(maps)
+        if self.class_index is not None:
+            out["scores"] = out["scores"].index_select(1, self.class_index[1])
+        return out
 
     def pseudo_label(self, batch: dict[str, Any], pred: torch.Tensor) -> dict[str, Any]:
         """Add the teacher's confident boxes as targets on the batch's unlabeled images.

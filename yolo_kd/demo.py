@@ -393,6 +393,7 @@ def write_report(project: Path, results: dict, cfg: dict, teacher: str, exported
                     "train/kd_cls",
                     "train/kd_box",
                     "train/kd_feat",
+                    "train/kd_cross",
                 ):
                     if term in r:  # a term switched off by the preset stays in the legend, marked so
                         label = term.split("/")[1] + ("" if any(r[term]) else " (off)")

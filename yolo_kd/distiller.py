@@ -1,4 +1,4 @@
-"""The distiller: connectors and the three KD losses, from student and teacher head outputs to named terms."""
+"""The distiller: connectors and the KD losses, from student and teacher head outputs to named terms."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import KDConfig
+from .config import KDConfig, KDConfigError
 from .connectors import MGDGenerator
 from .losses import ChannelWiseKD, DistributionKD, MaskedGenerativeKD, SigmoidLogitKD
 
-KD_TERMS = ("kd_cls", "kd_box", "kd_feat")  # the names of the terms, and of their results.csv columns
+KD_TERMS = ("kd_cls", "kd_box", "kd_feat", "kd_cross")  # the names of the terms, and of their results.csv columns
 
 
 def box_kd_reason(cfg: KDConfig, reg_max: int, teacher_reg_max: int) -> str | None:
@@ -38,8 +38,9 @@ class Distiller(nn.Module):
     """Everything that turns student and teacher head outputs into the KD terms, as mmrazor's distillers do.
 
     Holds one 1x1 connector per head level (student channels -> teacher channels), MGD's generators when the feature
-    loss is MGD, and the three losses. Its parameters (the connectors) get their own optimizer group and are stored
-    in ``last.pt`` as plain tensors under ``ckpt["kd"]["state"]``, never inside the student.
+    loss is MGD, another 1x1 connector per level for cross-head KD, and the losses. Its parameters (the connectors)
+    get their own optimizer group and are stored in ``last.pt`` as plain tensors under ``ckpt["kd"]["state"]``,
+    never inside the student.
 
     Args:
         student_channels: Channels of each student map entering the Detect head.
@@ -48,7 +49,7 @@ class Distiller(nn.Module):
 
     Example:
         >>> distiller = Distiller([64, 128, 256], [128, 256, 512], KDConfig(kd_feat=1.0))
-        >>> terms = distiller(student_outputs, teacher_outputs)  # {"kd_cls": ..., "kd_box": ..., "kd_feat": ...}
+        >>> terms = distiller(student_outputs, teacher_outputs)  # {"kd_cls": ..., "kd_box": ..., ...}
     """
 
     def __init__(self, student_channels: list[int], teacher_channels: list[int], cfg: KDConfig) -> None:
@@ -62,6 +63,16 @@ class Distiller(nn.Module):
         # MGD's generator is a connector (mask, regenerate the teacher map); its loss compares the generated map
         mgd = cfg.kd_feat_loss == "mgd"
         self.generators = nn.ModuleList(MGDGenerator(ct, cfg.kd_mgd_mask) for ct in teacher_channels if feat and mgd)
+        # cross-head KD's connectors come last, so the runs without it initialise exactly as before
+        cross = cfg.kd_cross > 0
+        if cross and len(student_channels) != len(teacher_channels):
+            raise KDConfigError(
+                f"kd_cross: the student's head has {len(student_channels)} levels, the teacher's "
+                f"{len(teacher_channels)}; cross-head KD runs the teacher's head on the student's maps, level by level"
+            )
+        self.cross_connectors = nn.ModuleList(
+            nn.Conv2d(cs, ct, kernel_size=1) for cs, ct in zip(student_channels, teacher_channels) if cross
+        )
         self.logit = SigmoidLogitKD(cfg.kd_cls_temp)
         self.box = DistributionKD(cfg.kd_box_temp)
         self.feature = MaskedGenerativeKD() if mgd else ChannelWiseKD(cfg.kd_feat_temp)
@@ -72,24 +83,47 @@ class Distiller(nn.Module):
         Args:
             student: ``scores`` (B, C, A) class logits, ``boxes`` (B, 4 * R, A) DFL bins or None (no box term),
                 ``feats`` the maps entering the Detect head.
-            teacher: The same keys for the teacher, its classes already matched to the student's (same C).
+            teacher: The same keys for the teacher, its classes already matched to the student's (same C); with
+                ``kd_cross``, also ``head``: maps -> ``{"scores", "boxes"}``, the teacher's head with the same class
+                matching (``FrozenTeacher.head_outputs``).
 
         Returns:
-            ``{"kd_cls", "kd_box", "kd_feat"}``: fp32 scalars, each multiplied by its gain; 0 for a term whose gain is
-            0 (not computed).
+            ``{"kd_cls", "kd_box", "kd_feat", "kd_cross"}``: fp32 scalars, each multiplied by its gain; 0 for a term
+            whose gain is 0 (not computed).
         """
         cfg = self.cfg
         s_scores, t_scores = student["scores"], teacher["scores"]
         zero = s_scores.new_zeros((), dtype=torch.float32)
         # Anchors the teacher is confident about (any class) weigh more; background anchors still count a little.
-        weight = t_scores.sigmoid().amax(1)
+        weight = t_scores.detach().sigmoid().amax(1)  # a target, never trained
         if cfg.kd_weight_power != 1.0:
             weight = weight.pow(cfg.kd_weight_power)
         kd_cls = cfg.kd_cls * self.logit(s_scores, t_scores, weight) if cfg.kd_cls > 0 else zero
         boxes = student["boxes"] is not None and teacher["boxes"] is not None
         kd_box = cfg.kd_box * self.box(student["boxes"], teacher["boxes"], weight) if boxes and cfg.kd_box > 0 else zero
         kd_feat = cfg.kd_feat * self.feature_loss(student["feats"], teacher["feats"]) if cfg.kd_feat > 0 else zero
-        return dict(zip(KD_TERMS, (kd_cls, kd_box, kd_feat)))
+        kd_cross = cfg.kd_cross * self.cross_head_loss(student["feats"], teacher, weight) if cfg.kd_cross > 0 else zero
+        return dict(zip(KD_TERMS, (kd_cls, kd_box, kd_feat, kd_cross)))
+
+    def cross_head_loss(self, feats: list[torch.Tensor], teacher: dict[str, Any], weight: torch.Tensor) -> torch.Tensor:
+        """CrossKD (Wang et al., CVPR 2024): the teacher's head on the connected student maps, against the teacher.
+
+        The student's own head is left to the ground truth: the KD targets, which may disagree with it, reach the
+        student only through its neck and backbone, by way of the frozen teacher head.
+
+        Args:
+            feats: The student's maps entering its Detect head, one per level.
+            teacher: The teacher's ``scores``, ``boxes`` (None: no box part) and ``head`` (see ``forward``).
+            weight: Anchor weights (B, A), the teacher's confidence.
+
+        Returns:
+            Logit KD plus box-distribution KD of the cross-head outputs, a scalar (not gain-scaled).
+        """
+        cross = teacher["head"]([conn(f) for conn, f in zip(self.cross_connectors, feats)])
+        loss = self.logit(cross["scores"], teacher["scores"], weight)
+        if teacher["boxes"] is not None:  # the teacher's own bins on both sides: any student reg_max works
+            loss = loss + self.box(cross["boxes"], teacher["boxes"], weight)
+        return loss
 
     def feature_loss(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
         """Mean over head levels of the feature loss between connected student maps and teacher maps.

@@ -72,6 +72,7 @@ def log_setup(
     LOGGER.info(
         f"{PREFIX} kd_cls={cfg.kd_cls} (T={cfg.kd_cls_temp}), kd_box={cfg.kd_box} (T={cfg.kd_box_temp}), "
         f"kd_feat={cfg.kd_feat} ({cfg.kd_feat_loss}, student {s_ch} -> teacher {t_ch} channels), "
+        f"kd_cross={cfg.kd_cross} (student maps through the teacher's head), "
         f"kd_assign={cfg.kd_assign} (teacher's share in label assignment)"
     )
     if box_off is not None and cfg.kd_box > 0:

@@ -128,6 +128,11 @@ def settings_from_arguments(kd_args: dict[str, Any], overrides: dict[str, Any]) 
     teacher = kd_args.pop("teacher", None)
     cfg = load_kd_config(kd_args.pop("kd", None), **kd_args)
     model = load_teacher_model(teacher)
+    if is_open_vocabulary(model) and cfg.kd_cross > 0:
+        raise KDConfigError(
+            f"kd_cross={cfg.kd_cross}: teacher={teacher} is an open-vocabulary model, whose head scores against text "
+            "embeddings; cross-head KD needs a fixed-class Detect head (use kd_cls/kd_box with it)"
+        )
     if is_open_vocabulary(model):
         names = data_names(overrides.get("data"))
         if names is None:  # prompted with the student's class names, which only the data YAML gives this early

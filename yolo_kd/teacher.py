@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model_file
+from .compat import detect_head_outputs
 from .config import KDConfigError
 from .hooks import DetectTap, find_detect_head
 
@@ -163,3 +164,26 @@ class FrozenTeacher(nn.Module):
             "feats": [f.float() for f in feats],
             "pred": out[0] if isinstance(out, tuple) else None,  # decoded (B, 4+C, A), only pseudo-labels read it
         }
+
+    def head_outputs(self, maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The teacher's Detect head run on other maps (cross-head KD: the student's, through connectors).
+
+        Unlike ``forward``, autograd runs: the head's parameters are frozen, so the gradient flows only into ``maps``.
+        The head computes in the teacher's own precision (its CUDA fp16 weights take fp16 maps; bf16 autocast on CPUs
+        with native bf16); the outputs come back in fp32.
+
+        Args:
+            maps: One map per level, with the channels the teacher's head expects.
+
+        Returns:
+            ``{"boxes": (B, 4*R, A), "scores": (B, C, A)}`` in fp32.
+        """
+        if self.dtype == torch.float16:
+            maps, ctx = [m.half() for m in maps], nullcontext()
+        elif self.dtype == torch.bfloat16:
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+        else:
+            ctx = nullcontext()
+        with torch.autocast(maps[0].device.type, enabled=False), ctx:
+            out = detect_head_outputs(find_detect_head(self.model), maps)
+        return {k: v.float() for k, v in out.items()}
