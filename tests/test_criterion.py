@@ -72,3 +72,27 @@ def test_cross_head_kd_runs_the_frozen_teacher_head_on_the_student_neck() -> Non
     assert student.model[0].conv.weight.grad.abs().sum() > 0 and student.model[-2].cv1.conv.weight.grad is not None
     assert all(c.weight.grad is not None for c in distiller.cross_connectors)
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+
+
+def test_cross_head_outputs_are_class_matched_and_take_the_trainers_precision() -> None:
+    """The teacher's head on its own maps gives back its scores on the matched classes, in the order ``terms`` uses;
+    maps in the trainer's autocast precision (bf16 here) reach an fp32 head as fp32, and come back as fp32."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_kd.teacher import FrozenTeacher
+
+    torch.manual_seed(0)
+    teacher = FrozenTeacher(
+        DetectionModel("yolov8n.yaml", nc=4, verbose=False), torch.device("cpu"), amp=False, cross_head=True
+    )
+    pairs = [(0, 2), (1, 0), (2, 3)]  # student class <- teacher class; teacher class 1 has no student class
+    criterion = KDLoss(None, teacher, None, KDConfig(kd_assign=0.0, kd_cross=1.0), 16, class_pairs=pairs)
+    images = torch.rand(2, 3, 64, 64)
+    out = teacher(images)
+    with torch.no_grad():
+        cross = criterion.teacher_head(out["feats"])
+    assert torch.allclose(cross["scores"], out["scores"][:, [2, 0, 3]], atol=1e-5)
+    assert torch.allclose(cross["boxes"], out["boxes"], atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        low = teacher.head_outputs([f.bfloat16() for f in out["feats"]])
+    assert low["scores"].dtype == torch.float32 and torch.allclose(low["scores"], out["scores"], atol=0.1)

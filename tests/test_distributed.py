@@ -51,7 +51,7 @@ def _grads(rank: int, world: int, teacher_pt: str, port: int, out: str) -> None:
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
-    from yolo_kd.compat import average_gradients
+    from yolo_kd.compat import average_gradients, broadcast_from_rank0
     from yolo_kd.config import KDConfig
     from yolo_kd.criterion import KDLoss, probe_head_channels
     from yolo_kd.distiller import Distiller
@@ -69,9 +69,15 @@ def _grads(rank: int, world: int, teacher_pt: str, port: int, out: str) -> None:
     # Uniform anchor weights and BatchNorm in eval mode make every term a plain mean over images, so the joint
     # batch's gradient is exactly the mean of the two halves' - if, and only if, every gradient is synchronised.
     # MGD without its random mask: a deterministic feature term with gradients well above float noise.
-    cfg = KDConfig(kd_feat=1.0, kd_feat_loss="mgd", kd_mgd_mask=0.0, kd_teacher_amp=False, kd_weight_power=0.0)
-    teacher = FrozenTeacher(load_checkpoint(teacher_pt)[0], torch.device("cpu"), amp=False)
+    # Cross-head KD too: its connectors' gradients come back through the teacher's head.
+    cfg = KDConfig(
+        kd_feat=1.0, kd_feat_loss="mgd", kd_mgd_mask=0.0, kd_cross=1.0, kd_teacher_amp=False, kd_weight_power=0.0
+    )
+    teacher = FrozenTeacher(load_checkpoint(teacher_pt)[0], torch.device("cpu"), amp=False, cross_head=True)
+    torch.manual_seed(1 + rank)  # ranks seeded apart, as Ultralytics seeds them: the connectors start different
     modules = Distiller(probe_head_channels(student), probe_head_channels(teacher.model), cfg)
+    if world > 1:
+        broadcast_from_rank0(modules)  # what the trainer does after building them
     student.train()
     for m in student.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

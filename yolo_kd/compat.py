@@ -106,6 +106,19 @@ def average_gradients(params: Iterable[torch.nn.Parameter], world_size: int) -> 
         offset += g.numel()
 
 
+def broadcast_from_rank0(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers of ``module`` (the connectors, which are outside DDP).
+
+    Ultralytics seeds each rank differently, so connectors built on each rank start different; DDP broadcasts the
+    student's weights when it wraps it, and this does the same for the connectors.
+
+    Args:
+        module: Built on every rank with the same structure.
+    """
+    for tensor in module.state_dict().values():
+        torch.distributed.broadcast(tensor, src=0)
+
+
 @contextmanager
 def guided_assignment(
     loss: Any, teacher: tuple[torch.Tensor, torch.Tensor], share: float | torch.Tensor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from contextlib import nullcontext
 from pathlib import Path
@@ -93,9 +94,13 @@ class FrozenTeacher(nn.Module):
         device: Where it runs.
         amp: Use reduced precision where native (see ``reduced_precision``); False keeps fp32.
         feats: Return the neck maps entering the head (the feature term's input); False skips their fp32 copies.
+        cross_head: Cross-head KD will run the head on the student's maps (``head_outputs``): an fp16 teacher then
+            keeps an fp32 copy of its head for it, so that the gradient through it cannot overflow.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, amp: bool = True, feats: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device, amp: bool = True, feats: bool = True, cross_head: bool = False
+    ) -> None:
         super().__init__()
         head = find_detect_head(model)
         if getattr(head, "one2one_cv2", None) is not None:
@@ -106,7 +111,10 @@ class FrozenTeacher(nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
         self.dtype = reduced_precision(device) if amp else None
-        if device.type == "cuda" and self.dtype == torch.float16:
+        half = device.type == "cuda" and self.dtype == torch.float16
+        # the student's gradient flows back through this head: fp16 weights could overflow it (nothing scales it)
+        self.cross_head = copy.deepcopy(find_detect_head(model)).to(device).eval() if cross_head and half else None
+        if half:
             model = model.half()  # CUDA fp16 weights: no per-step cast of the weights by autocast
         # NHWC suits the oneDNN bf16 kernels on CPU and the tensor cores on CUDA; plain fp32 keeps NCHW.
         self.channels_last = self.dtype is not None
@@ -169,8 +177,8 @@ class FrozenTeacher(nn.Module):
         """The teacher's Detect head run on other maps (cross-head KD: the student's, through connectors).
 
         Unlike ``forward``, autograd runs: the head's parameters are frozen, so the gradient flows only into ``maps``.
-        The head computes in the teacher's own precision (its CUDA fp16 weights take fp16 maps; bf16 autocast on CPUs
-        with native bf16); the outputs come back in fp32.
+        It computes in fp32 (an fp16 CUDA teacher uses its fp32 copy of the head), or under bf16 autocast on CPUs
+        with native bf16 (bf16 has fp32's range); the outputs come back in fp32.
 
         Args:
             maps: One map per level, with the channels the teacher's head expects.
@@ -178,12 +186,10 @@ class FrozenTeacher(nn.Module):
         Returns:
             ``{"boxes": (B, 4*R, A), "scores": (B, C, A)}`` in fp32.
         """
-        if self.dtype == torch.float16:
-            maps, ctx = [m.half() for m in maps], nullcontext()
-        elif self.dtype == torch.bfloat16:
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16)
-        else:
-            ctx = nullcontext()
+        head = self.cross_head if self.cross_head is not None else find_detect_head(self.model)
+        # the maps come in the trainer's autocast precision (fp16/bf16 under AMP): give the head its weights' dtype
+        maps = [m.to(next(head.parameters()).dtype) for m in maps]
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.dtype == torch.bfloat16 else nullcontext()
         with torch.autocast(maps[0].device.type, enabled=False), ctx:
-            out = detect_head_outputs(find_detect_head(self.model), maps)
+            out = detect_head_outputs(head, maps)
         return {k: v.float() for k, v in out.items()}

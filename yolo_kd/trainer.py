@@ -138,10 +138,14 @@ class KDDetectionTrainer(DetectionTrainer):
                 report.log_class_map(self.class_pairs, s_names, t_names)
             # Under QAT the teacher is the fp32 reference the quantized student learns to match: no reduced precision
             amp = cfg.kd_teacher_amp and self.args.quantize != 8
-            self.teacher = FrozenTeacher(self._teacher_model, self.device, amp=amp, feats=cfg.kd_feat > 0)
+            self.teacher = FrozenTeacher(
+                self._teacher_model, self.device, amp=amp, feats=cfg.kd_feat > 0, cross_head=cfg.kd_cross > 0
+            )
             self._teacher_model = None  # the fused copy inside FrozenTeacher is the only one kept
             channels = probe_head_channels(student), probe_head_channels(self.teacher.model)
             self.distiller = Distiller(*channels, cfg).to(self.device)
+            if self.world_size > 1 and torch.distributed.is_initialized():  # ranks are seeded apart: start as one
+                compat.broadcast_from_rank0(self.distiller)
             if self._resume_state:
                 checkpoint.load_connector_state(self.distiller, self._resume_state)
             box_off = box_kd_reason(cfg, student.model[-1].reg_max, self.teacher.reg_max)
