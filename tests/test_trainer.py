@@ -197,7 +197,9 @@ def test_kd_final_decays_the_kd_gains_over_the_epochs(
     def on_train_batch_end(trainer) -> None:
         seen.append(trainer.model.criterion.schedule)
 
-    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "decay", kd="full", kd_final=0.0, kd_assign=0.8, epochs=3)
+    trainer = tiny_trainer(
+        data_yaml, teacher_pt, tmp_path, "decay", kd="full", kd_cross=1.0, kd_final=0.0, kd_assign=0.8, epochs=3
+    )  # every term on, cross-head KD included, so each column must fade to 0
     trainer.add_callback("on_train_batch_end", on_train_batch_end)
     trainer.train()
     assert sorted(set(seen), reverse=True) == [1.0, 0.5, 0.0]  # one value per epoch: 1 -> kd_final, linear
