@@ -153,6 +153,19 @@ def teacher_selected_student(student: str, teacher: str, data: str, folder: Path
     return str(path)
 
 
+def warm_label_caches(data: str) -> None:
+    """Write the dataset's Ultralytics label caches now, so runs started side by side (bench_lanes.py) only read them.
+
+    Ultralytics writes a missing cache with an unguarded remove-then-write; two processes doing so at once can fail.
+    """
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    d = check_det_dataset(data)
+    for split in ("train", "val"):
+        YOLODataset(img_path=d[split], data=d, augment=False)
+
+
 def parse_sets(sets: list[str]) -> dict:
     """``["kd_cls=2", "unlabeled_ratio=0.75"]`` -> ``{"kd_cls": 2, "unlabeled_ratio": 0.75}`` (values read as YAML)."""
     out = {}
@@ -306,6 +319,11 @@ def main() -> None:
     p.add_argument("--teacher-source-epochs", type=int, default=None, help="finetune: the teacher's (default: same)")
     p.add_argument("--source-n-train", type=int, default=600, help="finetune: source-domain training images")
     p.add_argument("--teacher", default=None, help="existing teacher checkpoint (skips teacher training)")
+    p.add_argument(
+        "--pretrained-student",
+        default=None,
+        help="finetune: an existing pretrained student .pt (skips its source-domain pretraining)",
+    )
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--label-fraction", type=float, default=0.25, help="labelled share for the *_lab methods")
     p.add_argument("--n-val", type=int, default=100)
@@ -332,13 +350,16 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     args = p.parse_args()
     args.teacher_model = args.teacher_model or ("yolov8m.yaml" if args.regime == "finetune" else "yolov8s.yaml")
-    args.student_pt = None
+    args.student_pt = args.pretrained_student
+    if args.student_pt is not None and args.regime != "finetune":
+        raise SystemExit("--pretrained-student: only the finetune regime starts from a pretrained student")
 
     project = Path(args.project)
     # the first round's set keeps its committed name; other sizes get their own folder (make_dataset never replaces)
     sized = (args.n_train, args.n_val, args.imgsz) != (400, 100, 160)
     name = f"kdshapes_{args.n_train}_{args.n_val}_{args.imgsz}" if sized else "kdshapes"
     data = str(make_dataset(args.data_root, name, args.n_train, args.n_val, args.imgsz, seed=0))
+    warm_label_caches(data)
     teacher = args.teacher
     if args.regime == "finetune":
         bad = sorted(set(args.methods) & {"baseline_init", "native_init"})
@@ -346,8 +367,12 @@ def main() -> None:
             raise SystemExit(f"{bad}: the teacher init does not apply to a pretrained student")
         project = project / "finetune"
         src_name = f"kdsource_{args.source_n_train}_{args.imgsz}"
-        source = str(make_dataset(args.data_root, src_name, args.source_n_train, args.n_val, args.imgsz, 0, "source"))
-        args.student_pt = cached_training(args.student, source, args.source_epochs, "pretrain", args, project)
+        if args.student_pt is None or teacher is None:  # a stage to train on the source domain
+            source = str(
+                make_dataset(args.data_root, src_name, args.source_n_train, args.n_val, args.imgsz, 0, "source")
+            )
+        if args.student_pt is None:
+            args.student_pt = cached_training(args.student, source, args.source_epochs, "pretrain", args, project)
         if teacher is None:
             t_epochs = args.teacher_source_epochs or args.source_epochs
             t_source = cached_training(args.teacher_model, source, t_epochs, "pretrain", args, project)
@@ -411,6 +436,8 @@ def regime_student(args: argparse.Namespace) -> str:
     """How the student starts, for the table's header."""
     if args.student_pt is None:
         return f"{args.student} (random init unless kd_init applies)"
+    if args.pretrained_student is not None:
+        return f"{args.student_pt} (given with --pretrained-student)"
     return (
         f"{args.student_pt} ({args.student} pretrained {args.source_epochs} epochs on the generated source domain, "
         f"{args.source_n_train} images; the teacher {args.teacher_model} "

@@ -72,3 +72,32 @@ def test_finetune_regime_end_to_end(tmp_path: Path) -> None:
     assert "| distilled QAT (KD) | onnx |" in int8.stdout
     rerun = subprocess.run(qat, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert rerun.returncode == 0 and len((tmp_path / "qat" / "bench_qat.jsonl").read_text().splitlines()) == 2
+
+    # side by side: bench_lanes.py runs one bench process per (method, seed) from the given teacher and pretrained
+    # student (no stage retrained), stops what outlives its deadline, and tabulates every recorded run of the setting
+    teacher = next(runs.glob("teacher_*/weights/best.pt"))
+    lanes = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_lanes.py"),
+        "--runs", "baseline", "default:kd_final=0",
+        "--seeds", "1",
+        "--lanes", "2",
+        "--logs", str(tmp_path / "lanes"),
+        "--",
+        *args[2:args.index("--seeds")],
+        "--teacher", str(teacher),
+        "--pretrained-student", student,
+        "--project", str(tmp_path / "runs_lanes"),
+        "--data-root", str(tmp_path / "data"),
+        "--out", str(tmp_path / "BENCH_lanes.md"),
+    ]  # fmt: skip
+    side = subprocess.run(lanes, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert side.returncode == 0, side.stdout[-3000:] + side.stderr[-3000:]
+    assert "pretrain" not in "".join(p.name for p in (tmp_path / "runs_lanes" / "finetune").iterdir())
+    recorded = (tmp_path / "runs_lanes" / "finetune" / "accuracy_results.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["method"] for line in recorded) == ["baseline", "default[kd_final=0]"]
+    assert sorted(p.name for p in (tmp_path / "lanes").iterdir()) == [
+        "lane_baseline_s1.log",
+        "lane_default-kd_final0_s1.log",
+    ]
+    assert "| default[kd_final=0] |" in side.stdout and "failed or stopped: none" in side.stdout

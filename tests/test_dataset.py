@@ -106,3 +106,32 @@ def test_interrupted_generation_leaves_no_dataset(tmp_path: Path, monkeypatch: p
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither a half dataset nor its YAML
     monkeypatch.setattr(ds, "make_image", real)
     assert make_dataset(tmp_path, "d", n_train=4, n_val=2, imgsz=64).is_file()  # and a rerun just works
+
+
+def test_a_process_that_loses_the_generation_race_keeps_the_winners_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two bench processes started side by side generate one dataset; the later one uses the earlier one's folder."""
+    import yolo_kd.dataset as ds
+
+    make_dataset(tmp_path / "winner", "d", n_train=4, n_val=2, imgsz=64, seed=0)
+    make_dataset(tmp_path / "other", "d", n_train=8, n_val=2, imgsz=64, seed=0)  # made with other settings
+    (tmp_path / "winner" / "d" / "marker").write_text("the winner's")
+    real = ds._write_images
+
+    def racing(source: Path) -> object:
+        def write(base: Path, spec: object) -> None:
+            real(base, spec)  # the other process moves its finished folder in while this one still writes
+            (source / "d").rename(base.parent / "d")
+
+        return write
+
+    monkeypatch.setattr(ds, "_write_images", racing(tmp_path / "winner"))
+    assert make_dataset(tmp_path / "race", "d", n_train=4, n_val=2, imgsz=64, seed=0).is_file()
+    assert (tmp_path / "race" / "d" / "marker").read_text() == "the winner's"  # kept, not replaced
+    assert not list((tmp_path / "race").glob(".*partial*"))  # and the loser's copy is gone
+
+    monkeypatch.setattr(ds, "_write_images", racing(tmp_path / "other"))
+    with pytest.raises(OSError):  # the folder that won has other settings: an error, not silently used
+        make_dataset(tmp_path / "race2", "d", n_train=4, n_val=2, imgsz=64, seed=0)
+    assert len(list((tmp_path / "race2" / "d" / "images" / "train").iterdir())) == 8  # the other folder untouched

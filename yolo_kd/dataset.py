@@ -310,7 +310,12 @@ def make_dataset(
     try:
         _write_images(tmp, spec)
         (tmp / MANIFEST).write_text(json.dumps(asdict(spec)))
-        os.replace(tmp, base)  # whole, or not at all (another process that won the race keeps its folder)
+        os.replace(tmp, base)  # whole, or not at all
+    except OSError:
+        # another process generated the same dataset at the same time and moved its folder in first: it keeps its
+        # folder (the same bytes, if it was made with these settings) and ours is dropped
+        if _read_manifest(base) != asdict(spec):
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not same_yaml:
