@@ -11,7 +11,8 @@ prepared first by a single ``--table-only`` call, so no two processes ever train
         --lanes 12 --deadline 480 -- --regime finetune --teacher t.pt --pretrained-student s.pt --epochs 80 \\
         --imgsz 128 --device 0 --project runs/bench_gpu --out runs/bench_gpu/table.md
 
-A run is ``METHOD`` or ``METHOD:KEY=VALUE,KEY=VALUE`` (``--set`` overrides for that run). Ultralytics' CPU
+A run is ``METHOD`` or ``METHOD:KEY=VALUE,KEY=VALUE`` (``--set`` overrides for that run), optionally followed by
+``@SEED,SEED`` to train it on those seeds instead of ``--seeds``. Ultralytics' CPU
 training uses one thread per process on small machines, so two lanes on a 2-core machine each run at full speed.
 """
 
@@ -33,12 +34,18 @@ def bench_args(run: str) -> list[str]:
     return ["--methods", method] + (["--set", *sets.split(",")] if sets else [])
 
 
+def run_seeds(spec: str, seeds: list[int]) -> tuple[str, list[int]]:
+    """``"default:kd_final=0@0,1"`` -> ``("default:kd_final=0", [0, 1])``; without ``@`` the run takes ``seeds``."""
+    run, at, own = spec.partition("@")
+    return run, [int(s) for s in own.split(",")] if at else seeds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", required=True, help="METHOD or METHOD:KEY=VALUE,KEY=VALUE")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--lanes", type=int, default=2, help="bench processes at once")
-    p.add_argument("--deadline", type=float, default=None, help="seconds after which every lane still running stops")
+    p.add_argument("--deadline", type=float, default=None, help="seconds from the start; then running lanes stop")
     p.add_argument("--logs", default=None, help="folder for the lanes' logs (default: the bench's --project)")
     p.add_argument("bench", nargs=argparse.REMAINDER, help="-- then the arguments every bench process shares")
     args = p.parse_args()
@@ -55,11 +62,15 @@ def main() -> None:
     prep = subprocess.run([*table, "--out", os.devnull], env=env)
     print(f"prepared the shared stages (exit {prep.returncode}) in {time.time() - start:.0f} s", flush=True)
 
-    queue = [(run, seed) for seed in args.seeds for run in args.runs]
+    queue = sorted(
+        ((run, seed) for run, seeds in map(run_seeds, args.runs, [args.seeds] * len(args.runs)) for seed in seeds),
+        key=lambda item: item[1],  # every method's seed 0 first: a deadline then cuts whole seeds, not methods
+    )
     running: list[tuple[subprocess.Popen, str, float]] = []
     failed = []
     while queue or running:
-        while queue and len(running) < args.lanes:
+        late = args.deadline is not None and time.time() - start > args.deadline
+        while queue and len(running) < args.lanes and not late:
             run, seed = queue.pop(0)
             tag = f"{run.replace(':', '-').replace(',', '-').replace('=', '')}_s{seed}"
             with open(logs / f"lane_{tag}.log", "w") as log:

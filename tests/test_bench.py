@@ -79,7 +79,7 @@ def test_finetune_regime_end_to_end(tmp_path: Path) -> None:
     lanes = [
         sys.executable,
         str(ROOT / "scripts" / "bench_lanes.py"),
-        "--runs", "baseline", "default:kd_final=0",
+        "--runs", "baseline@1", "default:kd_final=0",
         "--seeds", "1",
         "--lanes", "2",
         "--logs", str(tmp_path / "lanes"),

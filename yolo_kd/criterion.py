@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import checkpoint, report
 from .assign import dense_loss, teacher_predictions
-from .compat import guided_assignment
+from .classes import class_pairs as match_classes
+from .classes import is_identity, name_list
+from .compat import broadcast_from_rank0, guided_assignment
 from .config import KDConfig, KDConfigError
 from .distiller import KD_TERMS, Distiller, box_kd_reason
 from .hooks import DetectTap
@@ -37,6 +41,67 @@ def probe_head_channels(model: nn.Module) -> list[int]:
             return [f.shape[1] for f in tap.pop()]
     finally:
         model.train(was_training)
+
+
+@dataclass
+class KDParts:
+    """What distillation adds beside the student for one run, built once by ``build_kd``.
+
+    Attributes:
+        teacher: The frozen teacher.
+        distiller: The connectors and KD losses, on the student's device.
+        class_pairs: (student class, teacher class) pairs.
+        class_map: The same pairs, or None when the classes coincide index for index (no gather needed).
+    """
+
+    teacher: FrozenTeacher
+    distiller: Distiller
+    class_pairs: list[tuple[int, int]]
+    class_map: list[tuple[int, int]] | None
+
+
+def build_kd(
+    student: nn.Module,
+    teacher_model: nn.Module,
+    student_names: list[str],
+    cfg: KDConfig,
+    device: torch.device,
+    teacher_path: str,
+    teacher_amp: bool = True,
+    distributed: bool = False,
+    resume_state: dict[str, Any] | None = None,
+) -> KDParts:
+    """Match the classes, freeze the teacher and build the distiller beside a student, and log the setup.
+
+    Args:
+        student: The student (unwrapped from DDP).
+        teacher_model: The teacher's unfused model; ``FrozenTeacher`` keeps a fused copy.
+        student_names: The student's class names.
+        cfg: The KD settings.
+        device: The student's device.
+        teacher_path: The teacher checkpoint's path (for the log).
+        teacher_amp: Run the teacher in reduced precision on accelerators (``kd_teacher_amp``).
+        distributed: A multi-process run: every rank takes rank 0's connectors (ranks are seeded apart).
+        resume_state: Connector state saved in the checkpoint a run resumes from.
+
+    Returns:
+        The teacher, distiller and class pairs.
+    """
+    t_names = name_list(teacher_model.names)
+    pairs = match_classes(student_names, t_names, cfg.kd_class_map)
+    class_map = None if is_identity(pairs, len(student_names), len(t_names)) else pairs
+    if class_map is not None:
+        report.log_class_map(pairs, student_names, t_names)
+    teacher = FrozenTeacher(teacher_model, device, amp=teacher_amp, feats=cfg.kd_feat > 0, cross_head=cfg.kd_cross > 0)
+    channels = probe_head_channels(student), probe_head_channels(teacher.model)
+    distiller = Distiller(*channels, cfg).to(device)
+    if distributed:
+        broadcast_from_rank0(distiller)
+    if resume_state:
+        checkpoint.load_connector_state(distiller, resume_state)
+    box_off = box_kd_reason(cfg, student.model[-1].reg_max, teacher.reg_max)
+    report.log_setup(cfg, teacher_path, teacher.dtype, device, channels, box_off)
+    return KDParts(teacher, distiller, pairs, class_map)
 
 
 class KDLoss:
@@ -202,10 +267,7 @@ class KDLoss:
         Returns:
             A (len(KD_TERMS),) fp32 tensor.
         """
-        s_scores, t_scores = student["scores"], teacher["scores"]
-        if self.class_index is not None:  # only classes both know; teacher-only classes are left out
-            s_scores = s_scores.index_select(1, self.class_index[0])
-            t_scores = t_scores.index_select(1, self.class_index[1])
+        s_scores, t_scores = self.matched(student["scores"], 0), self.matched(teacher["scores"], 1)
         box = self.box_kd  # a pair whose DFL bins differ has no box term (cross-head KD compares the teacher's bins)
         t_out = {"scores": t_scores, "boxes": teacher["boxes"] if self.teacher.reg_max > 1 else None}
         if self.cfg.kd_cross > 0:
@@ -226,9 +288,22 @@ class KDLoss:
             ``{"scores": (B, C, A), "boxes": (B, 4*R, A)}``, C the matched classes, in the order of ``terms``.
         """
         out = self.teacher.head_outputs(maps)
-        if self.class_index is not None:
-            out["scores"] = out["scores"].index_select(1, self.class_index[1])
+        out["scores"] = self.matched(out["scores"], 1)
         return out
+
+    def matched(self, scores: torch.Tensor, side: int) -> torch.Tensor:
+        """Class scores restricted to the classes both models know, in the class map's order.
+
+        Teacher-only classes are left out of every KD term; with the same classes index for index nothing is gathered.
+
+        Args:
+            scores: (B, C, A) class scores of one model.
+            side: 0 for the student's scores, 1 for the teacher's.
+
+        Returns:
+            (B, M, A) scores, M the matched classes.
+        """
+        return scores if self.class_index is None else scores.index_select(1, self.class_index[side])
 
     def pseudo_label(self, batch: dict[str, Any], pred: torch.Tensor) -> dict[str, Any]:
         """Add the teacher's confident boxes as targets on the batch's unlabeled images.

@@ -14,10 +14,10 @@ from ultralytics.utils import DEFAULT_CFG, RANK, YAML
 from ultralytics.utils.torch_utils import unwrap_model
 
 from . import checkpoint, compat, qat, report
-from .classes import class_pairs, is_identity, name_list
+from .classes import class_pairs, name_list
 from .config import kd_keys
-from .criterion import KDLoss, probe_head_channels
-from .distiller import Distiller, box_kd_reason
+from .criterion import KDLoss, build_kd
+from .distiller import Distiller
 from .inherit import inherit_weights
 from .mixing import labeled_images, mixed_image_list, sample_mixing, write_image_list
 from .settings import pop_kd_args, settings_from_arguments, settings_from_checkpoint
@@ -129,27 +129,21 @@ class KDDetectionTrainer(DetectionTrainer):
         """
         ckpt = super().setup_model()
         if self.teacher is None:
-            student, cfg = unwrap_model(self.model), self.kd_cfg
-            t_names, s_names = name_list(self._teacher_model.names), name_list(self.data["names"])
-            self.class_pairs = class_pairs(s_names, t_names, cfg.kd_class_map)
-            # None: the classes coincide index for index, and the criterion needs no class map
-            self._class_map = None if is_identity(self.class_pairs, len(s_names), len(t_names)) else self.class_pairs
-            if self._class_map is not None:
-                report.log_class_map(self.class_pairs, s_names, t_names)
-            # Under QAT the teacher is the fp32 reference the quantized student learns to match: no reduced precision
-            amp = cfg.kd_teacher_amp and self.args.quantize != 8
-            self.teacher = FrozenTeacher(
-                self._teacher_model, self.device, amp=amp, feats=cfg.kd_feat > 0, cross_head=cfg.kd_cross > 0
+            kd = build_kd(
+                unwrap_model(self.model),
+                self._teacher_model,
+                name_list(self.data["names"]),
+                self.kd_cfg,
+                self.device,
+                self.teacher_path,
+                # under QAT the teacher is the fp32 reference the quantized student learns to match
+                teacher_amp=self.kd_cfg.kd_teacher_amp and self.args.quantize != 8,
+                distributed=self.world_size > 1 and torch.distributed.is_initialized(),
+                resume_state=self._resume_state,
             )
+            self.teacher, self.distiller = kd.teacher, kd.distiller
+            self.class_pairs, self._class_map = kd.class_pairs, kd.class_map
             self._teacher_model = None  # the fused copy inside FrozenTeacher is the only one kept
-            channels = probe_head_channels(student), probe_head_channels(self.teacher.model)
-            self.distiller = Distiller(*channels, cfg).to(self.device)
-            if self.world_size > 1 and torch.distributed.is_initialized():  # ranks are seeded apart: start as one
-                compat.broadcast_from_rank0(self.distiller)
-            if self._resume_state:
-                checkpoint.load_connector_state(self.distiller, self._resume_state)
-            box_off = box_kd_reason(cfg, student.model[-1].reg_max, self.teacher.reg_max)
-            report.log_setup(cfg, self.teacher_path, self.teacher.dtype, self.device, channels, box_off)
         return ckpt
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
