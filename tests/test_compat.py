@@ -68,3 +68,26 @@ def test_final_strip_replaces_whole_files_only(tmp_path: Path, monkeypatch: pyte
         engine.strip_optimizer(last)
     assert load_checkpoint(last)[0] is not None and engine.strip_optimizer.__name__ == "strip_optimizer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no scratch file left
+
+
+@pytest.mark.parametrize("tail", ["float", "int16"])
+def test_litert_box_tail_adds_rules_to_ultralytics_recipe_only_inside_the_block(tail: str) -> None:
+    pytest.importorskip("ai_edge_quantizer")
+    from ai_edge_quantizer import recipe
+
+    from yolo_kd.compat import LITERT_BOX_TAIL, litert_int8_box_tail
+
+    original = recipe.static_wi8_ai8
+    with pytest.raises(RuntimeError), litert_int8_box_tail(tail):
+        rules = recipe.static_wi8_ai8()
+        raise RuntimeError("the export failed")
+    assert recipe.static_wi8_ai8 is original  # put back, also after a failure
+    assert rules[: len(original())] == original()  # Ultralytics' INT8 recipe first, unchanged
+    added = rules[len(original()) :]
+    assert [r["regex"] for r in added] == [LITERT_BOX_TAIL] * 2
+    assert [r["operation"] for r in added] == ["*", "OUTPUT"]
+    bits = added[0]["op_config"].get("activation_tensor_config")
+    assert (bits or {}).get("num_bits") == (16 if tail == "int16" else None)
+    assert added[1]["algorithm_key"] == "no_quantize"  # the graph's output stays float, as Ultralytics wants
+    with litert_int8_box_tail("int8"):
+        assert recipe.static_wi8_ai8 is original  # int8: Ultralytics' recipe as it is

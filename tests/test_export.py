@@ -75,6 +75,34 @@ def test_int8_export_of_the_fp32_student_is_calibrated_and_reported(student: Pat
     assert all(0 <= report["mAP50-95"][k] <= 1 for k in ("pytorch", "exported"))  # INT8 next to the fp32 student
     assert Path(report["exported"]).exists() and report["size_mb"]["exported"] > 0
     assert report["latency_ms_median"]["exported"] > 0 and report["latency_device"] == "cpu"
+    if fmt == "litert":  # the box decode left in float by default: boxes keep their precision, the rest is INT8
+        from yolo_kd.compat import litert_box_tail_dtype
+
+        assert report["int8_box_tail"] == "float" and litert_box_tail_dtype(report["exported"]) == "float32"
+    else:
+        assert report["int8_box_tail"] is None
+
+
+def test_litert_int8_box_tail_int16_and_a_rule_that_matches_nothing(
+    student: Path, data_yaml: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    if any(importlib.util.find_spec(m) is None for m in ("ai_edge_litert", "litert_torch", "ai_edge_quantizer")):
+        pytest.skip("LiteRT packages not installed (pip install -e .[export]); CI installs them")
+    from yolo_kd import compat
+
+    argv = ["export", f"model={student}", "format=litert", "quantize=8", f"data={data_yaml}", "runs=3"]
+    assert main([*argv, "int8_box_tail=int16"]) == 0
+    report = json.loads((student.parent / "student_litert_int8_export_report.json").read_text())
+    assert report["int8_box_tail"] == "int16" and compat.litert_box_tail_dtype(report["exported"]) == "int16"
+
+    # a litert-torch that names its tensors otherwise: the rule matches nothing, and the export is refused, not
+    # shipped with int8 boxes under a report that says float
+    monkeypatch.setattr(compat, "LITERT_BOX_TAIL", r"no tensor is called this")
+    before = sorted(student.parent.iterdir())
+    assert main([*argv, "overwrite=True"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the exporter's own progress output
+    assert last.startswith("yolo-kd: error: int8_box_tail=float: the exported boxes are int8")
+    assert sorted(student.parent.iterdir()) == before  # the int16 export and its report stay
 
 
 def _refused(argv: list[str], folder: Path, capsys: pytest.CaptureFixture) -> str:
@@ -98,6 +126,11 @@ def test_bad_requests_are_refused_in_one_line(student: Path, data_yaml: str, cap
     )
     if not __import__("torch").cuda.is_available():
         assert "needs a CUDA GPU" in _refused([f"model={student}", "format=engine"], folder, capsys)
+    onnx8 = [f"model={student}", "format=onnx", "quantize=8", f"data={data_yaml}"]
+    assert "int8_box_tail= applies to full-INT8 LiteRT" in _refused([*onnx8, "int8_box_tail=float"], folder, capsys)
+    assert "int8_box_tail='int4': choose one of float, int16, int8" in _refused(
+        [*onnx8[:1], "format=litert", *onnx8[2:], "int8_box_tail=int4"], folder, capsys
+    )
 
 
 def _files(folder: Path) -> dict[str, bytes]:

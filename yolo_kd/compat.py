@@ -223,3 +223,68 @@ def detect_head_outputs(head: torch.nn.Module, maps: list[torch.Tensor]) -> dict
     """
     out = head.forward_head(maps, **head.one2many)
     return {"boxes": out["boxes"], "scores": out["scores"]}
+
+
+# The ops at the end of Ultralytics' LiteRT graph that decode the boxes (the Detect head's own ops, the DFL, the
+# normalisation to the image) and the concat with the class scores; litert-torch names tensors after these modules.
+LITERT_BOX_TAIL = r"head\.Detect_\d+;|DFL_dfl|_NormalizeCoords;|serving_default_output"
+BOX_TAILS = ("float", "int16", "int8")
+
+
+@contextmanager
+def litert_int8_box_tail(precision: str) -> Iterator[None]:
+    """Inside the block, Ultralytics' full-INT8 LiteRT export keeps the box decode at the graph's end in ``precision``.
+
+    Ultralytics quantizes every op with int8 activations (``ai_edge_quantizer.recipe.static_wi8_ai8``, looked up when
+    its ``torch2litert`` runs). The decoded, image-normalised boxes then share one int8 scale with the class scores
+    (a step of about 2 pixels at 160 px) and the DFL's fixed 0..15 weights round: the measured loss of INT8 LiteRT
+    is box precision (docs/BENCHMARKS.md). This adds rules for the decode's ops to that recipe: ``"float"`` leaves them
+    unquantized (the heavy layers stay INT8; the CPU runs the small tail in float), ``"int16"`` gives them int16
+    activations (for integer-only accelerators), ``"int8"`` keeps Ultralytics' recipe as it is.
+
+    Args:
+        precision: One of ``BOX_TAILS``.
+    """
+    if precision == "int8":
+        yield
+        return
+    from ai_edge_quantizer import qtyping, recipe, recipe_manager
+
+    every, output = qtyping.TFLOperationName.ALL_SUPPORTED, qtyping.TFLOperationName.OUTPUT
+    keep_float = recipe.AlgorithmName.NO_QUANTIZE
+    original = recipe.static_wi8_ai8
+
+    def with_box_tail(*args: Any, **kwargs: Any) -> Any:
+        rules = recipe_manager.RecipeManager()
+        rules.load_quantization_recipe(original(*args, **kwargs))
+        if precision == "int16":
+            rules.add_static_config(LITERT_BOX_TAIL, every, activation_num_bits=16, weight_num_bits=8)
+        else:
+            rules.add_quantization_config(LITERT_BOX_TAIL, every, algorithm_key=keep_float)
+        # the final concat shares its scope with the graph's output, and a later rule wins: restate Ultralytics'
+        # float-output rule after ours
+        rules.add_quantization_config(LITERT_BOX_TAIL, output, algorithm_key=keep_float)
+        return rules.get_quantization_recipe()
+
+    recipe.static_wi8_ai8 = with_box_tail
+    try:
+        yield
+    finally:
+        recipe.static_wi8_ai8 = original
+
+
+def litert_box_tail_dtype(path: str | Path) -> str:
+    """The precision in which a LiteRT detector's boxes and scores are concatenated for its output.
+
+    Args:
+        path: A ``.tflite`` file exported by Ultralytics.
+
+    Returns:
+        ``"float32"``, ``"int16"`` or ``"int8"`` (numpy's name), or ``"unknown"`` if the graph is not laid out so.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    concat = interpreter.get_output_details()[0]["name"].removesuffix("_dequant")
+    dtypes = [t["dtype"].__name__ for t in interpreter.get_tensor_details() if t["name"] == concat]
+    return dtypes[0] if dtypes else "unknown"

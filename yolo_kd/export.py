@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import qat
+from . import compat, qat
 from .config import KDConfigError
 from .inputs import check_writable, read_checkpoint
 
@@ -88,7 +88,14 @@ def export_precision(quantize: Any = None, half: Any = None, int8: Any = None) -
     return qat.quantize_value(quantize)
 
 
-def check_request(fmt: str, quantize: int | str | None, data: str | None, device: str | None, is_qat: bool) -> None:
+def check_request(
+    fmt: str,
+    quantize: int | str | None,
+    data: str | None,
+    device: str | None,
+    is_qat: bool,
+    int8_box_tail: str | None = None,
+) -> None:
     """Refuse, in one line, what cannot work here, before anything is written.
 
     Args:
@@ -97,6 +104,7 @@ def check_request(fmt: str, quantize: int | str | None, data: str | None, device
         data: The ``data=`` given, if any.
         device: The export device.
         is_qat: The checkpoint carries QAT quantizers.
+        int8_box_tail: The ``int8_box_tail=`` given, if any.
     """
     from ultralytics.engine.exporter import FP16_FORMATS, FP32_UNSUPPORTED_FORMATS, INT8_FORMATS
 
@@ -105,6 +113,11 @@ def check_request(fmt: str, quantize: int | str | None, data: str | None, device
         raise ExportError(f"format={fmt} is unknown; Ultralytics exports: {', '.join(sorted(known))}")
     if fmt == "engine" and not torch.cuda.is_available():
         raise ExportError("format=engine (TensorRT) needs a CUDA GPU, and this machine has none")
+    if int8_box_tail is not None:
+        if int8_box_tail not in compat.BOX_TAILS:
+            raise ExportError(f"int8_box_tail={int8_box_tail!r}: choose one of {', '.join(compat.BOX_TAILS)}")
+        if fmt != "litert" or quantize != 8 or is_qat:
+            raise ExportError("int8_box_tail= applies to full-INT8 LiteRT exports only (format=litert quantize=8)")
     if is_qat:
         qat.check_installed("a QAT checkpoint (its quantizers load through ModelOpt)")
         if fmt not in qat.QAT_EXPORT_FORMATS:
@@ -263,6 +276,7 @@ def export_and_verify(
     overwrite: bool = False,
     half: bool | None = None,
     int8: bool | None = None,
+    int8_box_tail: str | None = None,
     **export_kwargs: Any,
 ) -> dict[str, Any]:
     """Export ``model`` with Ultralytics, verify the result, put the files in place; return the report dict.
@@ -283,6 +297,9 @@ def export_and_verify(
         overwrite: Replace an earlier export and report of the same names (only once the new one passed).
         half: Deprecated, ``quantize=16`` (Ultralytics' alias, with its warning).
         int8: Deprecated, ``quantize=8`` (Ultralytics' alias, with its warning).
+        int8_box_tail: Full-INT8 LiteRT only: the precision of the box decode at the graph's end, ``float``
+            (default: the heavy layers INT8, the small tail in float), ``int16`` (integer-only accelerators) or
+            ``int8`` (Ultralytics' graph as it is, which loses box precision); see ``compat.litert_int8_box_tail``.
         **export_kwargs: Further Ultralytics export arguments.
 
     Returns:
@@ -297,8 +314,9 @@ def export_and_verify(
     quantize = export_precision(quantize, half, int8)
     # int8 calibrates on images the user names (a QAT checkpoint learnt its ranges); verification may fall back to
     # the training data
-    check_request(format, quantize, data, device, is_qat)
+    check_request(format, quantize, data, device, is_qat, int8_box_tail)
     quantize = 8 if is_qat else quantize  # the Q/DQ graph of a QAT checkpoint is INT8 whatever was asked
+    box_tail = (int8_box_tail or "float") if format == "litert" and quantize == 8 else None
     data = data or train_args.get("data")
     imgsz = int(imgsz or train_args.get("imgsz") or 640)
     if not data:
@@ -314,16 +332,19 @@ def export_and_verify(
         reference = qat.save_fp32_reference(ckpt, work / f"{pt.stem}_fp32.pt") if is_qat else copy
         del ckpt
         via_onnx = is_qat and format == "openvino"  # Ultralytics refuses it; made from the Q/DQ ONNX instead
-        exported = Path(
-            YOLO(str(copy)).export(
-                format="onnx" if via_onnx else format,
-                imgsz=imgsz,
-                quantize=quantize,
-                data=data,
-                device=device,
-                **export_kwargs,
+        with compat.litert_int8_box_tail(box_tail or "int8"):
+            exported = Path(
+                YOLO(str(copy)).export(
+                    format="onnx" if via_onnx else format,
+                    imgsz=imgsz,
+                    quantize=quantize,
+                    data=data,
+                    device=device,
+                    **export_kwargs,
+                )
             )
-        )
+        if box_tail is not None:
+            _check_box_tail(exported, box_tail)
         if via_onnx:
             exported = qat.openvino_from_onnx(exported)
         final = pt.parent / exported.name
@@ -331,7 +352,7 @@ def export_and_verify(
         v = Verification(
             copy, exported, format, imgsz, quantize, reference, data, check_det_dataset(data), runs, batch, is_qat
         )
-        report = verify(v, pt, final)
+        report = {**verify(v, pt, final), "int8_box_tail": box_tail}
         _place(report, exported, final, work)
     except KDConfigError:
         raise
@@ -348,6 +369,17 @@ def export_and_verify(
             f"nothing replaced, report: {report['report_md']}"
         )
     return report
+
+
+def _check_box_tail(exported: Path, box_tail: str) -> None:
+    """Refuse a LiteRT file whose boxes reach the output in another precision than asked (the rule matched nothing)."""
+    tflite = exported if exported.suffix == ".tflite" else next(exported.rglob("*.tflite"))
+    got, want = compat.litert_box_tail_dtype(tflite), {"float": "float32"}.get(box_tail, box_tail)
+    if got != want:
+        raise ExportError(
+            f"int8_box_tail={box_tail}: the exported boxes are {got}; this litert-torch names the graph's tensors "
+            "otherwise than yolo-kd expects (compat.LITERT_BOX_TAIL)"
+        )
 
 
 def precision_name(quantize: int | str | None) -> str:
@@ -474,6 +506,7 @@ def report_markdown(r: dict[str, Any]) -> str:
             f"Largest absolute raw-output difference on {r['images_compared']} fixed images: "
             f"{r['max_abs_output_diff']:.3g}",
             *([f"INT8 ranges: {r['int8_ranges']}"] if r.get("int8_ranges") else []),
+            *([f"Box decode and output concat: {r['int8_box_tail']}"] if r.get("int8_box_tail") else []),
             f"Verdict: {'PASS' if r['passed'] else 'FAIL'} ({r['exported']})",
             "",
         ]
