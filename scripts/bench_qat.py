@@ -4,8 +4,8 @@ It starts from the fp32 students ``scripts/bench_accuracy.py`` trained (its ``ba
 data, teacher and seeds) and, per seed, makes four INT8 models, each exported and verified by ``yolo-kd export``
 (mAP50-95 of the INT8 file through Ultralytics' backend, next to the same weights in fp32; size; CPU latency):
 
-- ``baseline PTQ`` and ``distilled PTQ``: the fp32 student exported with ``quantize=8``, calibrated on the training
-  images (LiteRT, the edge format, and ONNX, to compare with the QAT rows in one runtime); LiteRT as ``yolo-kd
+- ``baseline PTQ`` and ``distilled PTQ``: the fp32 student exported with ``quantize=8``, calibrated where Ultralytics
+  calibrates by default, the validation split (LiteRT, the edge format, and ONNX, to compare with the QAT rows in one runtime); LiteRT as ``yolo-kd
   export`` makes it (the box decode at the graph's end in float, ``int8_box_tail=float``) and, in the rows marked
   ``int8 box tail``, as Ultralytics makes it (every activation int8);
 - ``baseline QAT``: the fp32 baseline fine-tuned ``--finetune`` epochs with Ultralytics' ``quantize=8``;
