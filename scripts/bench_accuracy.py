@@ -19,6 +19,7 @@ with the command, date and machine, to docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -194,21 +195,29 @@ def split_dataset(data: str, fraction: float) -> tuple[str, str]:
     images = sorted(src.glob("*.png"))
     n = round(len(images) * fraction)
     name = f"{Path(data).stem}_lab{round(100 * fraction)}"
-    lab, unl = root / name / "images" / "train", root / f"{name}_unlabeled"
-    if not lab.is_dir():
-        (root / name / "labels" / "train").mkdir(parents=True)
-        lab.mkdir(parents=True)
-        unl.mkdir(parents=True)
+    # built in a private folder and moved into place whole: bench_lanes.py may run two *_lab methods at once
+    tmp = root / f".{name}.partial-{os.getpid()}"
+    if not (root / name).is_dir():
+        (tmp / name / "labels" / "train").mkdir(parents=True)
+        (tmp / name / "images" / "train").mkdir(parents=True)
+        (tmp / f"{name}_unlabeled").mkdir(parents=True)
         for im in images[:n]:
-            shutil.copy(im, lab / im.name)
+            shutil.copy(im, tmp / name / "images" / "train" / im.name)
             label = Path(str(im.parent).replace("images", "labels")) / f"{im.stem}.txt"
-            shutil.copy(label, root / name / "labels" / "train" / label.name)
+            shutil.copy(label, tmp / name / "labels" / "train" / label.name)
         for im in images[n:]:
-            shutil.copy(im, unl / im.name)
+            shutil.copy(im, tmp / f"{name}_unlabeled" / im.name)
+        for part in (f"{name}_unlabeled", name):  # the labelled folder last: its presence means both are whole
+            with contextlib.suppress(OSError):  # another process moved the same split in first: it is kept
+                os.replace(tmp / part, root / part)
+        shutil.rmtree(tmp, ignore_errors=True)
     split = root / f"{name}.yaml"
-    val = str((root / cfg["val"]).resolve())
-    split.write_text(yaml.safe_dump({"train": f"{name}/images/train", "val": val, "names": cfg["names"]}))
-    return str(split), str(unl)
+    if not split.is_file():
+        val = str((root / cfg["val"]).resolve())
+        text = yaml.safe_dump({"train": f"{name}/images/train", "val": val, "names": cfg["names"]})
+        (tmp_yaml := root / f".{name}.yaml.partial-{os.getpid()}").write_text(text)
+        os.replace(tmp_yaml, split)
+    return str(split), str(root / f"{name}_unlabeled")
 
 
 def setting(args: argparse.Namespace, teacher: str) -> str:
@@ -338,6 +347,11 @@ def main() -> None:
         "--table-only", action="store_true", help="train nothing: tabulate the runs already recorded for this setting"
     )
     p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="prepare the data and the cached stages (teacher, pretrained student), then stop (bench_lanes.py)",
+    )
+    p.add_argument(
         "--resume-stages",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -379,6 +393,9 @@ def main() -> None:
             teacher = cached_training(t_source, data, args.teacher_epochs, "teacher", args, project)
     elif teacher is None:
         teacher = cached_training(args.teacher_model, data, args.teacher_epochs, "teacher", args, project)
+    if args.prepare_only:
+        print(f"prepared: data {data}, teacher {teacher}, student {args.student_pt or args.student}")
+        return
     tm = YOLO(teacher).val(
         data=data,
         imgsz=args.imgsz,

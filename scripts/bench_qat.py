@@ -1,13 +1,14 @@
 """INT8 students on the accuracy benchmark: post-training quantization (PTQ) and QAT, without and with distillation.
 
 It starts from the fp32 students ``scripts/bench_accuracy.py`` trained (its ``baseline`` and ``default`` runs, same
-data, teacher and seeds) and, per seed, makes four INT8 models, each exported and verified by ``yolo-kd export``
-(mAP50-95 of the INT8 file through Ultralytics' backend, next to the same weights in fp32; size; CPU latency):
+data, teacher and seeds) and, per seed, makes the INT8 models of ``ROWS``, each exported and verified by
+``yolo-kd export`` (mAP50-95 of the INT8 file through Ultralytics' backend, next to the same weights in fp32; size;
+CPU latency):
 
-- ``baseline PTQ`` and ``distilled PTQ``: the fp32 student exported with ``quantize=8``, calibrated where Ultralytics
-  calibrates by default, the validation split (LiteRT, the edge format, and ONNX, to compare with the QAT rows in one runtime); LiteRT as ``yolo-kd
-  export`` makes it (the box decode at the graph's end in float, ``int8_box_tail=float``) and, in the rows marked
-  ``int8 box tail``, as Ultralytics makes it (every activation int8);
+- ``baseline PTQ`` and ``distilled PTQ``: the fp32 student exported with ``quantize=8``, calibrated where
+  Ultralytics calibrates by default, the validation split (LiteRT, the edge format, and ONNX, to compare with the QAT
+  rows in one runtime); LiteRT as ``yolo-kd export`` makes it (the box decode at the graph's end in float,
+  ``int8_box_tail=float``) and, in the rows marked ``int8 box tail``, as Ultralytics makes it (every activation int8);
 - ``baseline QAT``: the fp32 baseline fine-tuned ``--finetune`` epochs with Ultralytics' ``quantize=8``;
 - ``distilled QAT (KD)``: the distilled fp32 student fine-tuned the same way with the teacher beside it;
 - ``... PTQ w8a16``: LiteRT's static scheme with int8 weights and int16 activations, for comparison.
@@ -43,7 +44,8 @@ from yolo_kd import KDDetectionTrainer  # noqa: E402
 from yolo_kd.export import export_and_verify  # noqa: E402
 
 # (row, fp32 student it starts from, how it is made INT8, export format, quantize=, int8_box_tail= for LiteRT INT8)
-ROWS = (
+Row = tuple[str, str, str, str, int | str, str | None]
+ROWS: tuple[Row, ...] = (
     ("baseline PTQ", "baseline", "ptq", "litert", 8, "float"),
     ("distilled PTQ", "default", "ptq", "litert", 8, "float"),
     ("baseline PTQ", "baseline", "ptq", "onnx", 8, None),
@@ -107,7 +109,7 @@ def qat_student(fp32: dict[str, Any], kd: bool, seed: int, a: argparse.Namespace
     return best
 
 
-def measure(row: tuple, seed: int, fp32: dict[str, Any], a: argparse.Namespace) -> dict:
+def measure(row: Row, seed: int, fp32: dict[str, Any], a: argparse.Namespace) -> dict:
     """Make and verify one INT8 model; its record."""
     label, method, how, fmt, quantize, box_tail = row
     if how == "qat":
@@ -192,11 +194,12 @@ def main() -> None:
     students = fp32_students(Path(a.accuracy_project), a.epochs, a.seeds)
     records_file = a.work / "bench_qat.jsonl"
     records = [json.loads(x) for x in records_file.read_text().splitlines()] if records_file.is_file() else []
-    done = {(r["row"], r["format"], r["seed"]) for r in records}
+    # keyed with the box tail: a LiteRT INT8 record made before int8_box_tail existed had Ultralytics' int8 output
+    done = {(r["row"], r["format"], r["seed"], r.get("int8_box_tail")) for r in records}
     for seed in a.seeds:
         for i in a.rows:
             row = ROWS[i]
-            if (row[0], row[3], seed) in done:
+            if (row[0], row[3], seed, row[5]) in done:
                 continue
             r = measure(row, seed, students[(row[1], seed)], a)
             print(json.dumps(r), flush=True)

@@ -74,13 +74,13 @@ def test_finetune_regime_end_to_end(tmp_path: Path) -> None:
     assert rerun.returncode == 0 and len((tmp_path / "qat" / "bench_qat.jsonl").read_text().splitlines()) == 2
 
     # side by side: bench_lanes.py runs one bench process per (method, seed) from the given teacher and pretrained
-    # student (no stage retrained), stops what outlives its deadline, and tabulates every recorded run of the setting
+    # student (no stage retrained); a run's own seeds (@1) replace --seeds; one table at the end, in --out only
     teacher = next(runs.glob("teacher_*/weights/best.pt"))
     lanes = [
         sys.executable,
         str(ROOT / "scripts" / "bench_lanes.py"),
         "--runs", "baseline@1", "default:kd_final=0",
-        "--seeds", "1",
+        "--seeds", "0",
         "--lanes", "2",
         "--logs", str(tmp_path / "lanes"),
         "--",
@@ -93,11 +93,46 @@ def test_finetune_regime_end_to_end(tmp_path: Path) -> None:
     ]  # fmt: skip
     side = subprocess.run(lanes, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert side.returncode == 0, side.stdout[-3000:] + side.stderr[-3000:]
-    assert "pretrain" not in "".join(p.name for p in (tmp_path / "runs_lanes" / "finetune").iterdir())
+    stages = [p.name for p in (tmp_path / "runs_lanes" / "finetune").glob("*/weights")]
+    assert stages == []  # teacher and pretrained student given: no stage trained
     recorded = (tmp_path / "runs_lanes" / "finetune" / "accuracy_results.jsonl").read_text().splitlines()
-    assert sorted(json.loads(line)["method"] for line in recorded) == ["baseline", "default[kd_final=0]"]
+    assert sorted((json.loads(r)["method"], json.loads(r)["seed"]) for r in recorded) == [
+        ("baseline", 1),
+        ("default[kd_final=0]", 0),
+    ]
     assert sorted(p.name for p in (tmp_path / "lanes").iterdir()) == [
         "lane_baseline_s1.log",
-        "lane_default-kd_final0_s1.log",
+        "lane_default-kd_final0_s0.log",
     ]
-    assert "| default[kd_final=0] |" in side.stdout and "failed or stopped: none" in side.stdout
+    assert "failed or stopped: none" in side.stdout
+    table = (tmp_path / "BENCH_lanes.md").read_text()
+    assert table.count("## Accuracy") == 1 and "| default[kd_final=0] |" in table  # the lanes wrote no table of theirs
+
+    # past the deadline no lane starts: the run says which, and fails
+    late = [
+        *lanes[: lanes.index("--logs")],
+        "--deadline",
+        "0",
+        "--logs",
+        str(tmp_path / "lanes_late"),
+        *lanes[lanes.index("--") :],
+    ]
+    cut = subprocess.run(late, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert cut.returncode == 1 and "baseline_s1 (not started)" in cut.stdout, cut.stdout[-3000:] + cut.stderr[-3000:]
+    assert not list((tmp_path / "lanes_late").iterdir())
+
+
+def test_bench_lanes_queue() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_lanes import bench_args, lane_queue, tag
+
+    methods = ("baseline", "native", "default")
+    queue = lane_queue(["baseline", "default:kd_final=0@1,2", "baseline@0"], [0, 1], methods)
+    # each (run, seed) once, every run's seed 0 before any seed 1
+    assert queue == [("baseline", 0), ("baseline", 1), ("default:kd_final=0", 1), ("default:kd_final=0", 2)]
+    assert bench_args("default:kd_final=0,kd_cross=1") == ["--methods", "default", "--set", "kd_final=0", "kd_cross=1"]
+    assert tag("default:kd_class_map=maps/a.yaml", 2) == "default-kd_class_mapmaps-a.yaml_s2"  # no '/' in a file name
+    with pytest.raises(SystemExit, match="unknown method"):
+        lane_queue(["defualt"], [0], methods)
+    with pytest.raises(SystemExit, match="must be integers"):
+        lane_queue(["default@x"], [0], methods)

@@ -132,6 +132,6 @@ def test_a_process_that_loses_the_generation_race_keeps_the_winners_folder(
     assert not list((tmp_path / "race").glob(".*partial*"))  # and the loser's copy is gone
 
     monkeypatch.setattr(ds, "_write_images", racing(tmp_path / "other"))
-    with pytest.raises(OSError):  # the folder that won has other settings: an error, not silently used
+    with pytest.raises(KDConfigError, match="appeared while this dataset was generated"):  # other settings won
         make_dataset(tmp_path / "race2", "d", n_train=4, n_val=2, imgsz=64, seed=0)
     assert len(list((tmp_path / "race2" / "d" / "images" / "train").iterdir())) == 8  # the other folder untouched
