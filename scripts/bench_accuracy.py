@@ -5,7 +5,9 @@ trained on the target data. ``finetune`` (the users' regime): a ``source`` domai
 (yolov8n) and a deeper teacher (yolov8m by default) are pretrained on it, the teacher is fine-tuned on the target,
 and every method fine-tunes the pretrained student ``.pt`` on the target, as users fine-tune ``yolov8n.pt``.
 Pretrained checkpoints are cached under the project folder by the content of what made them (model, data settings,
-schedule, parent checkpoint's hash) and reused only if their run completed.
+schedule, parent checkpoint's hash) and reused only if their run completed. Any run killed part-way (a deadline, a
+session's end) is continued from its ``last.pt`` by the same command (``--no-resume``: train afresh), so schedules
+longer than one sitting add up.
 
 For each seed every method trains under identical settings; the script prints a table of mAP50 / mAP50-95 (mean and
 spread over seeds), the baseline's rise over the last quarter of its epochs (is it at its plateau?), and appends both,
@@ -41,7 +43,7 @@ from ultralytics import YOLO  # noqa: E402
 
 from yolo_kd import KDDetectionTrainer  # noqa: E402
 from yolo_kd.dataset import make_dataset  # noqa: E402
-from yolo_kd.runs import content_key, dataset_manifest, train_or_reuse  # noqa: E402
+from yolo_kd.runs import CHECKED, content_key, dataset_manifest, resumable, train_or_reuse  # noqa: E402
 
 # "default_fp32": the default preset with the teacher kept in fp32 (kd_teacher_amp=False), to show that the
 # reduced-precision teacher costs no accuracy.
@@ -93,11 +95,20 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         device=args.device,
         verbose=False,
     )
-    model = YOLO(args.student_pt or args.student)
-    t0 = time.time()
+    source = args.student_pt or args.student
     if method.endswith(("_lab", "_lab_unl")):
         data, unlabeled = split_dataset(data, args.label_fraction)
         common["data"] = data
+    # a run killed part-way (a deadline, a session's end) with these settings continues from its last.pt; the
+    # *_init methods start from a checkpoint they write first, so they always train afresh
+    want = {"model": source, **{k: common[k] for k in CHECKED}}
+    last = None if method.endswith("_init") or not args.resume else resumable(project / common["name"], want)
+    model = YOLO(str(last) if last is not None else source)
+    t0 = time.time()
+    if last is not None:
+        print(f"resuming {name} seed {seed} from {last}: its run stopped early with these settings", flush=True)
+        model.train(resume=True, **({} if method in NO_KD else {"trainer": KDDetectionTrainer}))
+    elif method.endswith(("_lab", "_lab_unl")):
         if method == "base_lab":
             model.train(**common)
         elif method == "kd_lab":
@@ -127,7 +138,8 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         "seed": seed,
         "mAP50": float(m["metrics/mAP50(B)"]),
         "mAP50-95": float(m["metrics/mAP50-95(B)"]),
-        "minutes": (time.time() - t0) / 60,
+        "minutes": (time.time() - t0) / 60,  # this process's share only, when resumed
+        "resumed": last is not None,
         "setting": setting(args, teacher),
         "run": str(model.trainer.save_dir),
     }
@@ -230,14 +242,14 @@ def cached_training(model: str, data: str, epochs: int, label: str, args: argpar
 
     The folder's name carries a hash of the settings and of the parent checkpoint's bytes (``content_key``), so a
     parent trained again gives its children another folder. A stage killed part-way (a session's end) is continued
-    from its ``last.pt`` unless ``--no-resume-stages``.
+    from its ``last.pt`` unless ``--no-resume``.
     """
     key = content_key(model, dataset_manifest(data), epochs, args.imgsz, args.batch)
     best, _ = train_or_reuse(
         model,
         f"{label}_{Path(model).stem}_{key}",
         label,
-        resume=args.resume_stages,
+        resume=args.resume,
         project=str(project),
         data=data,
         epochs=epochs,
@@ -352,10 +364,12 @@ def main() -> None:
         help="prepare the data and the cached stages (teacher, pretrained student), then stop (bench_lanes.py)",
     )
     p.add_argument(
+        "--resume",
         "--resume-stages",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="continue a killed teacher or pretraining stage from its last.pt (one bench process per --project)",
+        help="continue a killed run (a method's, the teacher's, a pretraining stage) with the same settings from its "
+        "last.pt; one bench process per run folder (bench_lanes.py gives each run its own)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,27 @@ def test_finetune_regime_end_to_end(tmp_path: Path) -> None:
     again = subprocess.run([*args, "--table-only"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("reusing") == 3  # student, teacher's pretraining, teacher's fine-tuning
+
+    # a method's run killed part-way (a deadline, a session's end) is continued by the same command from its last.pt
+    longer = [*args[: args.index("--epochs")], "--epochs", "4", *args[args.index("--epochs") + 2 :]]
+    longer[longer.index("--methods") + 1 : longer.index("--project")] = ["default"]
+    last = runs / "e4" / "default_s0" / "weights" / "last.pt"
+    killed = subprocess.Popen(longer, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    deadline = time.time() + 600
+    while not last.is_file() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    killed.kill()  # SIGKILL after the first epoch's checkpoint: the run stops in its second epoch
+    killed.wait()
+    assert last.is_file()
+    recorded = (runs / "accuracy_results.jsonl").read_text().splitlines()
+    assert len(recorded) == len(results)  # the killed run recorded nothing
+    resumed = subprocess.run(longer, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming default seed 0 from" in resumed.stdout
+    record = json.loads((runs / "accuracy_results.jsonl").read_text().splitlines()[-1])
+    assert (record["method"], record["resumed"]) == ("default", True)
+    csv_rows = (runs / "e4" / "default_s0" / "results.csv").read_text().splitlines()
+    assert [row.split(",")[0].strip() for row in csv_rows] == ["epoch", "1", "2", "3", "4"]  # none lost or repeated
 
     # the INT8 bench starts from those fp32 students: a PTQ ONNX row and the KD-during-QAT row, then a rerun skips both
     qat = [
