@@ -41,7 +41,7 @@ class KDConfig:
     """Gain of box-distribution KD (LD): KL between teacher and student DFL bin distributions."""
     kd_feat: float = 0.0
     """Gain of feature-map KD on the neck maps that feed the Detect head (P3/P4/P5); off in the default preset,
-    on in ``full`` (it added no measured accuracy on our benchmark at most of the KD step's cost)."""
+    on in ``full`` (it added no measured accuracy on our benchmark at about half of the KD terms' cost)."""
     kd_cross: float = 0.0
     """Gain of cross-head KD (CrossKD, Wang et al. CVPR 2024): the student's neck maps, through 1x1 connectors, run
     through the frozen teacher's own Detect head, and those outputs are distilled (class logits and DFL bins, the
