@@ -7,6 +7,9 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ultralytics==8.4.190 ultralytics-thop
 #   bash scripts/gpu_lanes.sh EPOCHS DEADLINE_SECONDS      # results in $OUT (table.md, accuracy_results.jsonl, runs.tgz)
 #
+# Schedule: 60 epochs is early training here (a 120-epoch baseline still rises 3.9 points over its last quarter,
+# docs/BENCHMARKS.md); for the plateau give EPOCHS of 300 or more, and a teacher trained longer than the 50-epoch one
+# (it leads the 120-epoch baseline by only 10.5 points).
 # Lanes: the users' regime (finetune: baseline, native, default on 3 seeds; three default variants on 2) and, beside
 # it, the deeper-teacher init from scratch at 20 epochs (issue 14, target 3: kd_init_blocks first against even).
 epochs=${1:-60}; deadline=${2:-500}; device=${DEVICE:-0}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
