@@ -54,8 +54,9 @@ def main() -> None:
     teacher = FrozenTeacher(load_checkpoint(a.teacher)[0], torch.device("cpu"))
     if a.student.endswith(".pt"):
         # as Ultralytics fine-tunes a .pt: the checkpoint's architecture for this data's classes, its matching weights
-        student = DetectionModel(load_checkpoint(a.student)[0].yaml, nc=data["nc"], verbose=False)
-        student.load(load_checkpoint(a.student)[0], verbose=False)
+        pretrained = load_checkpoint(a.student)[0]
+        student = DetectionModel(pretrained.yaml, nc=data["nc"], verbose=False)
+        student.load(pretrained, verbose=False)
     else:
         student = DetectionModel(a.student, nc=data["nc"], verbose=False)
         if a.init:
