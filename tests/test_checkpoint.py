@@ -17,6 +17,7 @@ from yolo_kd.checkpoint import (
     load_connector_state,
     read_kd_record,
     resume_record,
+    scratch_paths,
     trim_results_csv,
 )
 from yolo_kd.config import KDConfig, KDConfigError, load_kd_config
@@ -141,3 +142,14 @@ def test_a_kill_between_the_two_saves_leaves_best_and_last_consistent(
     last, best = (load_checkpoint_file(targets[k]) for k in ("last", "best"))
     assert last["best_fitness"] <= best["best_fitness"]  # best.pt holds at least the best that last.pt records
     assert (last["epoch"], best["epoch"]) == (1, 2)
+
+
+def test_scratch_paths_are_empty_on_entry_and_gone_on_exit(tmp_path: Path) -> None:
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    stale = tmp_path / "partial-best.pt"
+    stale.write_bytes(b"left by a kill")  # must not pass for a new best in the next save
+    with pytest.raises(RuntimeError), scratch_paths(last, best) as (scratch_last, scratch_best):
+        assert scratch_best == stale and not scratch_best.exists()
+        scratch_last.write_bytes(b"half")
+        raise RuntimeError("killed mid-save")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -17,6 +17,7 @@ from yolo_kd.inherit import (
     class_output_keys,
     evenly_spaced,
     inherit_weights,
+    init_student,
     selection,
     selection_plan,
 )
@@ -42,6 +43,20 @@ def test_same_width_teacher_is_copied_exactly() -> None:
     student.eval(), teacher.eval()
     with torch.no_grad():
         assert torch.equal(student(x)[0], teacher(x)[0])
+
+
+def test_init_student_follows_kd_init_and_names_classes() -> None:
+    teacher = _model("yolov8s.yaml", nc=2, seed=1)
+    teacher.names = {0: "circle", 1: "square"}
+    random_cfg, teacher_cfg = load_kd_config(kd_init="random"), load_kd_config(kd_init="teacher")
+    student = _model("yolov8n.yaml", nc=2)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    assert init_student(student, teacher, ["square", "circle"], random_cfg) == "a random init"
+    assert init_student(student, None, ["square", "circle"], teacher_cfg) == "a random init"
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    assert init_student(student, teacher, ["square", "circle"], teacher_cfg) == "the teacher's weights"
+    cls_b = "model.22.cv3.0.2.bias"  # classes matched by name: student 0 (square) is teacher 1
+    assert torch.equal(student.state_dict()[cls_b], teacher.state_dict()[cls_b][[1, 0]])
 
 
 def test_wider_teacher_is_sliced_evenly_and_classes_copied_by_class() -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,30 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
     tmp = Path(f"{path}.tmp")
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)
+
+
+@contextmanager
+def scratch_paths(last: Path, best: Path) -> Iterator[tuple[Path, Path]]:
+    """Scratch paths beside ``last.pt`` and ``best.pt`` for one save, empty on entry and removed on exit.
+
+    A scratch file left by a kill in an earlier save must not pass for this save's (``best.pt`` is only written on
+    a new best, so its scratch file's presence is the signal ``complete_checkpoints`` reads).
+
+    Args:
+        last: The run's ``last.pt``.
+        best: The run's ``best.pt``.
+
+    Yields:
+        The scratch paths for ``last.pt`` and ``best.pt``.
+    """
+    scratch = (last.with_name(f"partial-{last.name}"), best.with_name(f"partial-{best.name}"))
+    for p in scratch:
+        p.unlink(missing_ok=True)
+    try:
+        yield scratch
+    finally:
+        for p in scratch:
+            p.unlink(missing_ok=True)
 
 
 def complete_checkpoints(

@@ -22,6 +22,9 @@ from torch import nn
 from ultralytics.nn.modules.block import C2PSA, C3, Attention, C2f
 from ultralytics.nn.modules.conv import Concat
 
+from . import report
+from .classes import class_pairs, name_list
+from .config import KDConfig
 from .hooks import find_detect_head
 
 Plan = dict[str, dict[int, torch.Tensor]]
@@ -324,3 +327,23 @@ def inherit_weights(
         new[key] = t.to(s.dtype)
     student.load_state_dict(new)
     return None
+
+
+def init_student(student: nn.Module, teacher: nn.Module | None, student_names: list[str], cfg: KDConfig) -> str:
+    """Apply ``kd_init`` to a student built without weights, and log the outcome.
+
+    Args:
+        student: The freshly built student.
+        teacher: The unfused teacher, or None when there is none to inherit from.
+        student_names: The dataset's class names (the student's classes).
+        cfg: The run's KD settings (``kd_init``, ``kd_init_blocks``, ``kd_class_map``).
+
+    Returns:
+        How the student starts, in words: "the teacher's weights" or "a random init".
+    """
+    if cfg.kd_init == "random" or teacher is None:
+        return "a random init"
+    pairs = class_pairs(student_names, name_list(teacher.names), cfg.kd_class_map)
+    reason = inherit_weights(student, teacher, pairs, blocks=cfg.kd_init_blocks)
+    report.log_init(reason)
+    return "the teacher's weights" if reason is None else "a random init"

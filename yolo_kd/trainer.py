@@ -14,11 +14,11 @@ from ultralytics.utils import DEFAULT_CFG, RANK, YAML
 from ultralytics.utils.torch_utils import unwrap_model
 
 from . import checkpoint, compat, qat, report
-from .classes import class_pairs, name_list
+from .classes import name_list
 from .config import kd_keys
 from .criterion import KDLoss, build_kd
 from .distiller import Distiller
-from .inherit import inherit_weights
+from .inherit import init_student
 from .mixing import labeled_images, mixed_image_list, sample_mixing, write_image_list
 from .settings import pop_kd_args, settings_from_arguments, settings_from_checkpoint
 from .teacher import FrozenTeacher
@@ -111,14 +111,8 @@ class KDDetectionTrainer(DetectionTrainer):
         model = super().get_model(cfg, weights, verbose)
         if weights is not None:
             self.student_init = "its own weights"
-        elif self.kd_cfg.kd_init == "random" or self._teacher_model is None:
-            self.student_init = "a random init"
         else:
-            teacher = self._teacher_model
-            pairs = class_pairs(name_list(self.data["names"]), name_list(teacher.names), self.kd_cfg.kd_class_map)
-            reason = inherit_weights(model, teacher, pairs, blocks=self.kd_cfg.kd_init_blocks)
-            self.student_init = "the teacher's weights" if reason is None else "a random init"
-            report.log_init(reason)
+            self.student_init = init_student(model, self._teacher_model, name_list(self.data["names"]), self.kd_cfg)
         return model
 
     def setup_model(self):
@@ -292,20 +286,16 @@ class KDDetectionTrainer(DetectionTrainer):
         Returns:
             Whether Ultralytics saved.
         """
-        last, best = self.last, self.best
-        scratch_last, scratch_best = (p.with_name(f"partial-{p.name}") for p in (last, best))
-        for p in (scratch_last, scratch_best):
-            p.unlink(missing_ok=True)
-        with compat.checkpoints_written_to(self, scratch_last, scratch_best):
-            saved = super().save_model()
-        if saved and RANK in {-1, 0}:
-            periodic = self.save_period > 0 and self.epoch % self.save_period == 0
-            targets = {"last": last, "best": best, "epoch": self.wdir / f"epoch{self.epoch}.pt" if periodic else None}
-            state = checkpoint.connector_state(self.distiller) if self.distiller is not None else None
-            record = checkpoint.kd_record(self.kd_cfg, self.teacher_path, self.teacher_sha256, state)
-            checkpoint.complete_checkpoints(scratch_last, scratch_best, targets, record, kd_keys())
-        for p in (scratch_last, scratch_best):
-            p.unlink(missing_ok=True)
+        with checkpoint.scratch_paths(self.last, self.best) as (scratch_last, scratch_best):
+            with compat.checkpoints_written_to(self, scratch_last, scratch_best):
+                saved = super().save_model()
+            if saved and RANK in {-1, 0}:
+                periodic = self.save_period > 0 and self.epoch % self.save_period == 0
+                epoch_copy = self.wdir / f"epoch{self.epoch}.pt" if periodic else None
+                state = checkpoint.connector_state(self.distiller) if self.distiller is not None else None
+                record = checkpoint.kd_record(self.kd_cfg, self.teacher_path, self.teacher_sha256, state)
+                targets = {"last": self.last, "best": self.best, "epoch": epoch_copy}
+                checkpoint.complete_checkpoints(scratch_last, scratch_best, targets, record, kd_keys())
         return saved
 
     def resume_training(self, ckpt: dict[str, Any] | None) -> None:
