@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--runs", default="runs/bench")
     p.add_argument("--methods", nargs="+", default=["baseline", "native", "default"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="the same seeds for every method")
+    p.add_argument("--every", type=int, default=1, help="chart every Nth epoch (and the last), for long schedules")
     a = p.parse_args()
     runs = Path(a.runs)
     curves = {}
@@ -33,14 +34,16 @@ def main() -> None:
         curves[method] = [statistics.mean(c[i] for c in per_seed) for i in range(n)]
     n = min(len(c) for c in curves.values())
     top = max(max(c) for c in curves.values())
+    # the last epoch is always charted: it is the figure the tables report
+    epochs = sorted({*range(a.every - 1, n, a.every), n - 1})
     lines = [
         "```mermaid",
         "xychart-beta",
         f'    title "val mAP50-95 per epoch (mean of seeds {", ".join(map(str, a.seeds))}): {", ".join(curves)}"',
-        f"    x-axis [{', '.join(str(i + 1) for i in range(n))}]",
+        f"    x-axis [{', '.join(str(i + 1) for i in epochs)}]",
         f'    y-axis "mAP50-95" 0 --> {round(top * 1.15, 3)}',
     ]
-    lines += [f"    line [{', '.join(f'{v:.4f}' for v in c[:n])}]" for c in curves.values()]
+    lines += [f"    line [{', '.join(f'{c[i]:.4f}' for i in epochs)}]" for c in curves.values()]
     lines.append("```")
     print("\n".join(lines))
 
