@@ -26,6 +26,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="the same seeds for every method")
     p.add_argument("--every", type=int, default=1, help="chart every Nth epoch (and the last), for long schedules")
     a = p.parse_args()
+    if a.every < 1:
+        p.error(f"--every must be 1 or more, got {a.every}")
     runs = Path(a.runs)
     curves = {}
     for method in a.methods:  # a missing run is an error: a mean over other seeds would not compare
