@@ -57,6 +57,16 @@ def test_record_round_trip_and_finished_runs_lose_the_state(tmp_path: Path) -> N
     assert "state" not in read_kd_record(path) and read_kd_record(path)["config"] == cfg.to_dict()
 
 
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    from yolo_kd.files import atomic_path, write_text_atomic
+
+    path = write_text_atomic(tmp_path / "args.yaml", "old\n")
+    with pytest.raises(OSError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise OSError("disk full")  # the write fails part-way
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["args.yaml"]
+
+
 def test_connector_state_written_before_mgd_generators_became_connectors_loads() -> None:
     cfg = KDConfig(kd_feat=1.0, kd_feat_loss="mgd")
     distiller = Distiller([4], [8], cfg)

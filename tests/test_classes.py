@@ -25,6 +25,24 @@ def test_pairs_by_normalised_name_and_explicit_map() -> None:
         class_pairs(["auto"], teacher, {"auto": "bus"})
 
 
+def test_single_cls_student_is_checked_as_its_one_class_item(tmp_path: Path) -> None:
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_kd.config import KDConfig
+    from yolo_kd.settings import check_pair
+
+    teacher = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    teacher.names = {0: "cat", 1: "dog"}
+    data = tmp_path / "data.yaml"
+    data.write_text("path: .\ntrain: images\nval: images\nnames:\n  0: cat\n  1: dog\n")
+    check_pair(teacher, "yolov8n.yaml", str(data), KDConfig())  # the data YAML's classes match the teacher's
+    with pytest.raises(KDConfigError, match="single_cls=True names the student's one class 'item'"):
+        check_pair(teacher, "yolov8n.yaml", str(data), KDConfig(), single_cls=True)
+    check_pair(teacher, "yolov8n.yaml", str(data), KDConfig(kd_class_map={"item": "cat"}), single_cls=True)
+    teacher.names = {0: "item"}  # a teacher trained with single_cls itself
+    check_pair(teacher, "yolov8n.yaml", str(data), KDConfig(), single_cls=True)
+
+
 def subset_dataset(data_yaml: str, keep: list[str], out: Path) -> str:
     """Copy the generated dataset keeping only the classes in ``keep``, re-indexed in that order."""
     cfg = yaml.safe_load(Path(data_yaml).read_text())

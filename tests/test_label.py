@@ -219,7 +219,12 @@ def test_training_with_unlabeled_images_uses_teacher_pseudo_labels(
         close_mosaic=0,  # keep mosaic on in this one epoch
     )
     trainer.add_callback("on_train_epoch_end", on_train_epoch_end)
+    caches = {p: p.read_bytes() for p in Path(data_yaml).parent.rglob("*.cache")}
+    assert caches, "the teacher's training should have cached the dataset's labels"
     trainer.train()
+    after = {p: p.read_bytes() for p in Path(data_yaml).parent.rglob("*.cache")}
+    assert after == caches, "the run rewrote the labeled dataset's label cache"
+    assert (tmp_path / "semi" / "train_with_unlabeled.cache").is_file(), "the mixed list's cache is the run's own"
     unlabelled = {str(p.resolve()) for p in raw_images.glob("*.png")}
     n_unl = sum(f in unlabelled for f in seen["files"])
     assert n_unl == 16 and len(seen["files"]) == 32  # 16 labelled + as many unlabelled slots (ratio 0.5)

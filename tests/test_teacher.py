@@ -57,9 +57,14 @@ def test_amp_check_never_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path) ->
     monkeypatch.setattr(engine, "check_amp", check_amp)
     model = torch.nn.Conv2d(1, 1, 1)
     monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")), raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     with amp_check_offline():
         assert engine.check_amp(model) is True
     assert calls == [], "Ultralytics' check (which downloads) ran although its weights are missing"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce GTX 1660 SUPER")
+    with amp_check_offline():  # a GPU Ultralytics refuses AMP on by name: its check decides, before any download
+        assert engine.check_amp(model) is False and calls == [model]
+    calls.clear()
     (tmp_path / "yolo26n.pt").write_bytes(b"")  # weights present: Ultralytics' own check decides
     with amp_check_offline():
         assert engine.check_amp(model) is False and calls == [model]

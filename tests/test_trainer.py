@@ -241,6 +241,8 @@ def test_bad_input_stops_before_training(
     assert "no class in common" in _bad(
         ["model=yolov8n.yaml", f"data={other}", f"teacher={teacher_pt}"], tmp_path, capsys
     )
+    one = _bad([*base, f"teacher={teacher_pt}", "single_cls=True"], tmp_path, capsys)  # Ultralytics' one class 'item'
+    assert "single_cls=True names the student's one class 'item'" in one and "kd_class_map" in one
 
 
 def test_classifier_teacher_is_rejected(tmp_path: Path) -> None:

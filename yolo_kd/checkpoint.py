@@ -9,7 +9,6 @@ Ultralytics model, and ``train_args`` stay pure Ultralytics keys.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from .config import KDConfig, KDConfigError
+from .files import atomic_path, write_text_atomic
 
 KD_RECORD = "kd"  # checkpoint key holding yolo-kd's plain-data record
 RECORD_FORMAT = "yolo-kd/1"
@@ -179,9 +179,8 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
     """
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    tmp = Path(f"{path}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 @contextmanager
@@ -264,7 +263,5 @@ def trim_results_csv(csv: Path, last_epoch: int) -> int:
     lines = csv.read_text().splitlines(keepends=True)
     kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and float(ln.split(",")[0]) <= last_epoch]
     if len(kept) < len(lines):
-        tmp = csv.with_suffix(".csv.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, csv)
+        write_text_atomic(csv, "".join(kept))
     return len(lines) - len(kept)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import KDConfig, KDConfigError
+from .config import KDConfig, KDConfigError, kd_keys
 from .inputs import check_keys, check_writable, check_yaml_keys, read_checkpoint
 
 USAGE = __doc__
@@ -91,9 +91,6 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-KD_RUN_KEYS = ("teacher", "kd")  # the KD trainer's keys besides the KDConfig fields
-
-
 def _params(fn: Callable[..., Any]) -> list[str]:
     """The named parameters of ``fn``: the keys a command built on it takes."""
     return [n for n, p in inspect.signature(fn).parameters.items() if p.kind is not p.VAR_KEYWORD]
@@ -111,7 +108,7 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
     Args:
         kwargs: The command's key=value pairs.
     """
-    check_keys("train", kwargs, [*_ultralytics_keys(), *KD_RUN_KEYS, *KDConfig.field_names()])
+    check_keys("train", kwargs, [*_ultralytics_keys(), *kd_keys()])
     check_yaml_keys(kwargs, ("kd", "kd_class_map", "kd_teacher_prompts", "data", "cfg"))
     if kwargs.get("project"):
         check_writable("project", kwargs["project"])

@@ -6,6 +6,7 @@ Each patch is a context manager scoped to the one call that needs it, or a plain
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -16,6 +17,11 @@ import torch
 from ultralytics.utils import LOCAL_RANK, LOGGER, colorstr
 
 from .assign import TeacherGuidedAssigner
+
+# Ultralytics' list of GPUs whose AMP training is broken (checks.check_amp), where its check refuses AMP at once
+AMP_BROKEN_GPUS = re.compile(
+    r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)", re.IGNORECASE
+)
 
 
 def _check_amp_offline(check_amp: Any, model: torch.nn.Module) -> bool:
@@ -30,7 +36,10 @@ def _check_amp_offline(check_amp: Any, model: torch.nn.Module) -> bool:
     """
     from ultralytics.utils import WEIGHTS_DIR
 
-    if next(model.parameters()).device.type == "cuda" and not (WEIGHTS_DIR / "yolo26n.pt").is_file():
+    device = next(model.parameters()).device
+    if device.type == "cuda" and not (WEIGHTS_DIR / "yolo26n.pt").is_file():
+        if AMP_BROKEN_GPUS.search(torch.cuda.get_device_name(device)):
+            return check_amp(model)  # Ultralytics turns AMP off on these GPUs before it would download anything
         LOGGER.warning(f"{colorstr('yolo-kd:')} AMP check skipped: {WEIGHTS_DIR / 'yolo26n.pt'} is not on disk")
         return True
     return check_amp(model)
@@ -41,7 +50,8 @@ def amp_check_offline() -> Iterator[None]:
     """Inside the block, Ultralytics' trainer runs its AMP check only when it need not download.
 
     Ultralytics' AMP check (CUDA only) downloads yolo26n.pt when it is not on disk. yolo-kd downloads nothing, so
-    without those weights the check is skipped (AMP stays on, as Ultralytics does when offline).
+    without those weights the check is skipped: AMP stays on, as Ultralytics leaves it when it cannot download,
+    except on the GPUs Ultralytics refuses AMP on by name (``AMP_BROKEN_GPUS``), where its own check runs.
     """
     import ultralytics.engine.trainer as engine
 
@@ -51,6 +61,31 @@ def amp_check_offline() -> Iterator[None]:
         yield
     finally:
         engine.check_amp = check_amp
+
+
+@contextmanager
+def label_cache_at(path: Path) -> Iterator[None]:
+    """Inside the block, Ultralytics' YOLO datasets keep their label cache in ``path`` instead of beside the labels.
+
+    Ultralytics names the cache after the first image's label folder (``labels/train.cache``) and replaces it when
+    the image list's hash differs. A training list that mixes unlabeled images into the labeled split has its own
+    hash, so without this the run would overwrite the dataset's cache, a file it did not create, with its own.
+
+    Args:
+        path: The cache file to use instead (in the run's folder).
+    """
+    from ultralytics.data.dataset import YOLODataset
+
+    own = YOLODataset._load_or_scan_cache
+
+    def redirected(dataset: YOLODataset, cache_path: Path, cache_hash: str) -> tuple[dict, bool]:
+        return own(dataset, path, cache_hash)
+
+    YOLODataset._load_or_scan_cache = redirected
+    try:
+        yield
+    finally:
+        YOLODataset._load_or_scan_cache = own
 
 
 @contextmanager
@@ -196,9 +231,12 @@ def atomic_final_strip() -> Iterator[None]:
     def atomic(f: str | Path = "best.pt", s: str = "", updates: dict[str, Any] | None = None) -> dict[str, Any]:
         target = Path(s or f)
         scratch = target.with_name(f"partial-strip-{target.name}")  # not matched by Ultralytics' last*.pt search
-        out = strip(f, str(scratch), updates)
-        if scratch.exists():
-            os.replace(scratch, target)
+        try:
+            out = strip(f, str(scratch), updates)
+            if scratch.exists():
+                os.replace(scratch, target)
+        finally:
+            scratch.unlink(missing_ok=True)  # only there when the strip failed
         return out
 
     engine.strip_optimizer = atomic

@@ -75,7 +75,7 @@ def build_kd(
 
     Args:
         student: The student (unwrapped from DDP).
-        teacher_model: The teacher's unfused model; ``FrozenTeacher`` keeps a fused copy.
+        teacher_model: The teacher's unfused model; ``FrozenTeacher`` fuses it in place and keeps it.
         student_names: The student's class names.
         cfg: The KD settings.
         device: The student's device.
@@ -121,7 +121,7 @@ class KDLoss:
     Args:
         base: Ultralytics' detection criterion of the student.
         teacher: The frozen teacher (``nc``, ``device`` and ``reg_max`` are read from it).
-        distiller: The connectors and KD losses (None: no KD terms, only pseudo-labels; for tests).
+        distiller: The connectors and KD losses (None only in tests of the pseudo-labelling, which never call the loss).
         cfg: The KD settings.
         reg_max: The student's DFL bins per side.
         class_pairs: (student class, teacher class) pairs; None means the same classes in the same order.
@@ -250,6 +250,9 @@ class KDLoss:
             loss, items = self.base(preds, batch)
         kd = self.terms(student, teacher)
         finite = finite & torch.isfinite(kd).all()
+        # A repaired teacher leaves every gradient finite. A term that overflows from finite inputs can still send
+        # 0 * inf back: fp16 AMP's gradient scaler then skips the step, elsewhere Ultralytics' NaN recovery restores
+        # last.pt once the student's own loss turns non-finite.
         kd = torch.where(finite, kd, torch.zeros_like(kd))
         self.dropped_steps += (~finite).to(self.dropped_steps.dtype)  # read once per epoch, not per step
         batch_size = student["scores"].shape[0]

@@ -3,7 +3,32 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path``; what the block writes there is moved into place when the block succeeds.
+
+    The temporary name carries the process id, so DDP ranks writing the same file never share one. It is removed
+    when the block fails: nothing half-written is left under either name.
+
+    Args:
+        path: The final file (its folder is created).
+
+    Yields:
+        The temporary path to write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only there when the write failed: this process's own temporary file
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -16,12 +41,6 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when the write itself failed: this process's own temporary file
-    return path
+    return Path(path)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .dataset import image_files
+from .files import write_text_atomic
 
 MIXING_AUGMENTATIONS = ("mosaic", "mixup", "cutmix")  # Ultralytics' augmentations that put several images in a sample
 
@@ -59,17 +59,14 @@ def mixed_image_list(
     return labeled + picked, set(unlabeled)
 
 
-def write_image_list(images: list[str], path: Path, rank: int) -> None:
+def write_image_list(images: list[str], path: Path) -> None:
     """Write an image list (one path a line) whole, then rename it into place.
 
     Args:
         images: The paths.
         path: The list file.
-        rank: This process's rank: DDP ranks write the same list, each through its own temporary file.
     """
-    tmp = path.with_suffix(f".{rank}.tmp")
-    tmp.write_text("\n".join(images) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(images) + "\n")  # DDP ranks write the same list, each through its own temp
 
 
 def sample_mixing(args: Any, epoch: int, epochs: int) -> list[str]:

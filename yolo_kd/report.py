@@ -114,8 +114,8 @@ def warn_dropped(epoch: int, dropped: int) -> None:
     """
     if dropped and _main_process():
         LOGGER.warning(
-            f"{PREFIX} epoch {epoch}: KD dropped on {dropped} step(s) with a non-finite teacher output or KD term; "
-            "the detection loss trained as usual on them"
+            f"{PREFIX} epoch {epoch}: KD dropped on {dropped} step(s) with a non-finite teacher output or KD term "
+            "(their KD terms counted as 0)"
         )
 
 

@@ -23,14 +23,14 @@ class RunSettings:
     Attributes:
         cfg: The validated KD settings.
         teacher_path: The teacher checkpoint's absolute path.
-        teacher_sha256: Its hash (None when a resumed run's recorded teacher file is gone).
+        teacher_sha256: Its hash.
         teacher_model: The loaded teacher (fp32, CPU, not yet frozen).
         state: The connectors' state to resume with, or None.
     """
 
     cfg: KDConfig
     teacher_path: str
-    teacher_sha256: str | None
+    teacher_sha256: str
     teacher_model: nn.Module
     state: dict[str, Any] | None = None
 
@@ -73,15 +73,15 @@ def settings_from_checkpoint(record: dict[str, Any], kd_args: dict[str, Any]) ->
     if ignored:
         LOGGER.warning(f"{colorstr('yolo-kd:')} resume ignores {ignored}: KD settings come from the checkpoint")
     teacher = kd_args.get("teacher") or record["teacher"]
-    sha = file_sha256(teacher) if Path(teacher).is_file() else None
+    model = load_teacher_model(teacher)  # a moved or unreadable teacher file is refused here, in one line
+    sha = file_sha256(teacher)
     recorded = record.get("teacher_sha256")
-    if recorded is not None and sha is not None and sha != recorded:
+    if recorded is not None and sha != recorded:
         raise KDConfigError(f"teacher={teacher} is not the teacher this run was trained with (file hash differs)")
     config = dict(record["config"])
     if kd_args.get("kd_teacher_embeddings"):  # a moved embeddings file; the recorded hash still decides
         config["kd_teacher_embeddings"] = kd_args["kd_teacher_embeddings"]
     cfg = load_recorded_config(config)
-    model = load_teacher_model(teacher)
     if is_open_vocabulary(model):
         # the recorded prompts list every student class in order: the vocabulary is rebuilt without the data YAML
         set_vocabulary(model, list(cfg.kd_teacher_prompts or {}), cfg, teacher)
@@ -133,6 +133,12 @@ def settings_from_arguments(kd_args: dict[str, Any], overrides: dict[str, Any]) 
             f"kd_cross={cfg.kd_cross}: teacher={teacher} is an open-vocabulary model, whose head scores against text "
             "embeddings; cross-head KD needs a fixed-class Detect head (use kd_cls/kd_box with it)"
         )
+    single_cls = bool(overrides.get("single_cls"))
+    if is_open_vocabulary(model) and single_cls:
+        raise KDConfigError(
+            f"single_cls=True: teacher={teacher} is an open-vocabulary model, prompted with the student's class names, "
+            "and single_cls leaves one class named 'item'; train without single_cls"
+        )
     if is_open_vocabulary(model):
         names = data_names(overrides.get("data"))
         if names is None:  # prompted with the student's class names, which only the data YAML gives this early
@@ -146,11 +152,11 @@ def settings_from_arguments(kd_args: dict[str, Any], overrides: dict[str, Any]) 
             f"kd_teacher_prompts/kd_teacher_embeddings/kd_teacher_vocab_sha256 are for open-vocabulary teachers "
             f"(YOLO-World, YOLOE); teacher={teacher} has fixed classes"
         )
-    check_pair(model, overrides.get("model"), overrides.get("data"), cfg)
+    check_pair(model, overrides.get("model"), overrides.get("data"), cfg, single_cls)
     return RunSettings(cfg, str(Path(teacher).resolve()), file_sha256(teacher), model)
 
 
-def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig) -> None:
+def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig, single_cls: bool = False) -> None:
     """Check that teacher and student have the same strides and share classes, when both can be read from disk.
 
     Args:
@@ -158,6 +164,7 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig) -> None
         model: Ultralytics' ``model=`` (a YAML or a ``.pt``; anything else is checked later, in the trainer).
         data: Ultralytics' ``data=`` (a YAML file gives the class names).
         cfg: The KD settings (``kd_class_map``).
+        single_cls: Ultralytics' ``single_cls``: the student then has one class, which Ultralytics names 'item'.
 
     Raises:
         KDConfigError: Different strides, or no class in common.
@@ -166,7 +173,7 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig) -> None
 
     from .checkpoint import load_model_file
 
-    names = data_names(data)
+    names = ["item"] if single_cls else data_names(data)  # Ultralytics' get_dataset renames a single class 'item'
     if isinstance(model, (str, Path)) and str(model).endswith((".yaml", ".yml")):
         student_stride = DetectionModel(str(model), nc=len(names or [0]), verbose=False).stride
     elif isinstance(model, (str, Path)) and str(model).endswith(".pt") and Path(model).is_file():
@@ -179,7 +186,12 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig) -> None
             f"{student_stride.int().tolist()}: their head maps cannot be matched"
         )
     if names is not None:
-        class_pairs(names, name_list(teacher.names), cfg.kd_class_map)
+        try:
+            class_pairs(names, name_list(teacher.names), cfg.kd_class_map)
+        except KDConfigError as e:
+            if single_cls:  # say why the student's classes are not the data YAML's
+                raise KDConfigError(f"single_cls=True names the student's one class 'item': {e}") from None
+            raise
 
 
 def data_names(data: Any) -> list[str] | None:

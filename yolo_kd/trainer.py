@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from ultralytics.models.yolo.detect import DetectionTrainer
+from torch import nn
+from torch.utils.data import Dataset
+from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
+from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import DEFAULT_CFG, RANK, YAML
 from ultralytics.utils.torch_utils import unwrap_model
 
@@ -18,6 +21,7 @@ from .classes import name_list
 from .config import kd_keys
 from .criterion import KDLoss, build_kd
 from .distiller import Distiller
+from .files import atomic_path
 from .inherit import init_student
 from .mixing import labeled_images, mixed_image_list, sample_mixing, write_image_list
 from .settings import pop_kd_args, settings_from_arguments, settings_from_checkpoint
@@ -41,7 +45,7 @@ class KDDetectionTrainer(DetectionTrainer):
     Attributes:
         kd_cfg (KDConfig): The run's KD settings (from the arguments, or from the checkpoint on resume).
         teacher_path (str): The teacher checkpoint's absolute path.
-        teacher_sha256 (str | None): Its hash, recorded so a resume can tell the file has changed.
+        teacher_sha256 (str): Its hash, recorded so a resume can tell the file has changed.
         teacher (FrozenTeacher | None): The frozen teacher, from ``setup_model`` until training ends.
         distiller (Distiller | None): Connectors and KD losses, from ``setup_model`` until training ends.
         class_pairs (list[tuple[int, int]]): (student class, teacher class) pairs.
@@ -53,7 +57,7 @@ class KDDetectionTrainer(DetectionTrainer):
         >>> YOLO("yolov8n.yaml").train(trainer=KDDetectionTrainer, data="data.yaml", teacher="teacher.pt", epochs=100)
     """
 
-    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: Any = None):
+    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: Any = None) -> None:
         """Settle the KD settings (from the checkpoint on resume, else from the arguments), then Ultralytics' init.
 
         Args:
@@ -78,17 +82,22 @@ class KDDetectionTrainer(DetectionTrainer):
         self.unlabeled_files: set[str] = set()
         self.student_init = "an unknown init"  # set by get_model (under DDP it runs in the workers only)
         super().__init__(cfg, overrides, _callbacks)
-        self.add_callback("on_train_epoch_start", KDDetectionTrainer._set_kd_epoch)
-        self.add_callback("on_train_epoch_end", KDDetectionTrainer._report_dropped_kd)
+        for event, callback in (
+            ("on_train_epoch_start", KDDetectionTrainer._set_kd_epoch),
+            ("on_train_epoch_end", KDDetectionTrainer._report_dropped_kd),
+        ):
+            if callback not in self.callbacks[event]:  # a DDP worker gets them again with the parent's callbacks
+                self.add_callback(event, callback)
         self.world_size = compat.torchrun_world_size(self.world_size)
         # The KD settings ride along in args: Ultralytics' multi-GPU launch rebuilds this trainer in each worker from
         # vars(args) alone, and args.yaml should say how the run was made. Checkpoints get them stripped (save_model).
         for key, value in {"teacher": self.teacher_path, **self.kd_cfg.to_dict()}.items():
             setattr(self.args, key, value)
         if RANK in {-1, 0}:
-            YAML.save(self.save_dir / "args.yaml", vars(self.args))
+            with atomic_path(self.save_dir / "args.yaml") as tmp:
+                YAML.save(tmp, vars(self.args))
 
-    def get_validator(self):
+    def get_validator(self) -> DetectionValidator:
         """Ultralytics' validator; it re-parses args with get_cfg, which must not see the KD keys.
 
         Returns:
@@ -97,7 +106,7 @@ class KDDetectionTrainer(DetectionTrainer):
         with compat.args_without(self.args, kd_keys()):
             return super().get_validator()
 
-    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True):
+    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> DetectionModel:
         """Ultralytics' student; one built without weights starts from the teacher's (``kd_init``, see inherit.py).
 
         Args:
@@ -115,7 +124,7 @@ class KDDetectionTrainer(DetectionTrainer):
             self.student_init = init_student(model, self._teacher_model, name_list(self.data["names"]), self.kd_cfg)
         return model
 
-    def setup_model(self):
+    def setup_model(self) -> dict[str, Any] | None:
         """Build the student as Ultralytics does, then the frozen teacher and the distiller beside it.
 
         Returns:
@@ -137,10 +146,18 @@ class KDDetectionTrainer(DetectionTrainer):
             )
             self.teacher, self.distiller = kd.teacher, kd.distiller
             self.class_pairs, self._class_map = kd.class_pairs, kd.class_map
-            self._teacher_model = None  # the fused copy inside FrozenTeacher is the only one kept
+            self._teacher_model = None  # FrozenTeacher fused it in place: no unfused teacher is left to select from
         return ckpt
 
-    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+    def build_optimizer(
+        self,
+        model: nn.Module,
+        name: str = "auto",
+        lr: float = 0.001,
+        momentum: float = 0.9,
+        decay: float = 1e-5,
+        iterations: float = 1e5,
+    ) -> torch.optim.Optimizer:
         """Ultralytics' optimizer plus one group for the connectors (no weight decay), scheduled like the rest.
 
         Args:
@@ -164,7 +181,7 @@ class KDDetectionTrainer(DetectionTrainer):
             )
         return optimizer
 
-    def _setup_train(self):
+    def _setup_train(self) -> None:
         """Ultralytics' setup (AMP check kept offline), then the KD criterion on the student.
 
         The criterion is set after Ultralytics has made its EMA copy of the student here, so that copy, the
@@ -194,7 +211,7 @@ class KDDetectionTrainer(DetectionTrainer):
             criterion.prefetch(batch["img"])
         return batch
 
-    def build_dataset(self, img_path: Any, mode: str = "train", batch: int | None = None):
+    def build_dataset(self, img_path: Any, mode: str = "train", batch: int | None = None) -> Dataset:
         """Ultralytics' dataset; with ``unlabeled=``, training reads a list mixing in the unlabeled images.
 
         Args:
@@ -210,12 +227,13 @@ class KDDetectionTrainer(DetectionTrainer):
             ratio = self.kd_cfg.unlabeled_ratio
             images, self.unlabeled_files = mixed_image_list(labeled, self.kd_cfg.unlabeled, ratio, self.args.seed)
             img_path = self.save_dir / "train_with_unlabeled.txt"
-            write_image_list(images, img_path, RANK)
+            write_image_list(images, img_path)
             mixing = sample_mixing(self.args, 0, self.epochs)
             report.log_mixed_list(
                 len(labeled), len(images) - len(labeled), len(self.unlabeled_files), ratio, img_path, mixing
             )
-            img_path = str(img_path)
+            with compat.label_cache_at(self.save_dir / "train_with_unlabeled.cache"):  # not the dataset's own cache
+                return super().build_dataset(str(img_path), mode, batch)
         return super().build_dataset(img_path, mode, batch)
 
     def _kd_loss(self) -> KDLoss | None:
@@ -240,13 +258,13 @@ class KDDetectionTrainer(DetectionTrainer):
         if criterion is not None:
             report.warn_dropped(self.epoch + 1, criterion.pop_dropped_steps())
 
-    def optimizer_step(self):
+    def optimizer_step(self) -> None:
         """Average the connectors' gradients over ranks (they are outside DDP), then step as Ultralytics does."""
         if self.world_size > 1 and self.distiller is not None and torch.distributed.is_initialized():
             compat.average_gradients(self.distiller.parameters(), self.world_size)
         super().optimizer_step()
 
-    def _handle_nan_recovery(self, epoch):
+    def _handle_nan_recovery(self, epoch: int) -> bool:
         """Ultralytics restores the student and optimizer from last.pt; the connectors come back with them.
 
         Args:
@@ -262,13 +280,13 @@ class KDDetectionTrainer(DetectionTrainer):
             checkpoint.load_connector_state(self.distiller, record["state"])
         return recovered
 
-    def _model_train(self):
+    def _model_train(self) -> None:
         """Ultralytics' train mode for the student, and for the connectors (the teacher stays in eval mode)."""
         super()._model_train()
         if self.distiller is not None:
             self.distiller.train()
 
-    def _do_train(self):
+    def _do_train(self) -> None:
         """Ultralytics' training loop; afterwards nothing of the teacher is left on the student or the trainer."""
         try:
             super()._do_train()
@@ -277,7 +295,7 @@ class KDDetectionTrainer(DetectionTrainer):
                 unwrap_model(self.model).criterion = None
             self.teacher = self.distiller = None  # a YOLO object keeps its trainer: release the teacher's memory
 
-    def save_model(self):
+    def save_model(self) -> bool:
         """Save as Ultralytics does, then complete the checkpoints with the KD record and move them into place.
 
         Ultralytics writes to scratch files, each moved into place atomically once complete, so ``last.pt`` and
@@ -310,14 +328,11 @@ class KDDetectionTrainer(DetectionTrainer):
             if dropped:
                 report.warn_trimmed(dropped, self.start_epoch)
 
-    def final_eval(self):
+    def final_eval(self) -> None:
         """Finished checkpoints cannot be resumed, so the connector state leaves ``last.pt``; then Ultralytics' eval,
         whose final rewrite of ``last.pt``/``best.pt`` goes through a scratch file (``compat.atomic_final_strip``).
-
-        Returns:
-            Ultralytics' final metrics.
         """
         if RANK in {-1, 0} and self.last.exists():
             checkpoint.drop_connector_state(self.last)
         with compat.atomic_final_strip():
-            return super().final_eval()
+            super().final_eval()

@@ -19,7 +19,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from torch import nn
 
 from .classes import norm_name
 from .errors import KDConfigError
+from .files import atomic_path
 from .hooks import find_detect_head
 
 WORLD_ENCODER = "clip:ViT-B/32"  # what WorldModel.get_text_pe builds
@@ -282,18 +282,13 @@ def write_embeddings(path: str | Path, embeddings: dict[str, torch.Tensor]) -> P
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     if path.suffix == ".npz":
         np.savez(buffer, **{k: v.float().cpu().numpy() for k, v in embeddings.items()})
     else:
         torch.save({k: v.float().cpu().contiguous() for k, v in embeddings.items()}, buffer)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when the write itself failed: this process's own file
     return path
 
 
