@@ -52,7 +52,9 @@ def test_record_round_trip_and_finished_runs_lose_the_state(tmp_path: Path) -> N
     assert read["config"] == cfg.to_dict() and read["teacher"] == "/t.pt" and read["teacher_sha256"] == "abc"
     other = Distiller([4, 8], [8, 16], cfg)
     load_connector_state(other, read["state"])
-    assert all(torch.equal(v, other.state_dict()[k]) for k, v in distiller.state_dict().items())
+    assert distiller.state_dict() and all(
+        torch.equal(v, other.state_dict()[k]) for k, v in distiller.state_dict().items()
+    )
     drop_connector_state(path)
     assert "state" not in read_kd_record(path) and read_kd_record(path)["config"] == cfg.to_dict()
 

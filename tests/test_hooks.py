@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from ultralytics.nn.modules.head import Detect
@@ -30,25 +31,24 @@ def test_tap_captures_the_head_inputs_and_leaves_no_hook() -> None:
     assert find_detect_head(toy) is toy.model[2]
     with DetectTap(toy) as tap:
         toy(torch.randn(2, 3, 16, 16))
-        assert len(toy.model[2]._forward_pre_hooks) == 1
         feats = tap.pop()
     assert [f.shape for f in feats] == [torch.Size([2, 8, 8, 8]), torch.Size([2, 16, 4, 4])]
     assert all(f is s for f, s in zip(feats, toy.seen))
-    assert len(toy.model[2]._forward_pre_hooks) == 0 and tap.feats is None
+    toy(torch.randn(2, 3, 16, 16))  # after the block the hook is gone: this pass is not captured
+    with pytest.raises(RuntimeError, match="captured nothing"):
+        tap.pop()
 
 
 def test_tap_removes_its_hook_on_error() -> None:
     toy = Toy()
-    try:
-        with DetectTap(toy):
-            toy(torch.randn(1, 5, 16, 16))  # wrong channel count
-    except RuntimeError:
-        pass
-    assert len(toy.model[2]._forward_pre_hooks) == 0
+    tap = DetectTap(toy)
+    with pytest.raises(RuntimeError), tap:
+        toy(torch.randn(1, 5, 16, 16))  # wrong channel count: the block raises
+    toy(torch.randn(1, 3, 16, 16))
+    with pytest.raises(RuntimeError, match="captured nothing"):
+        tap.pop()
 
 
 def test_no_detect_head_is_a_clear_error() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="no Detect head"):
         find_detect_head(nn.Sequential(nn.Conv2d(3, 3, 1)))

@@ -84,6 +84,15 @@ def test_box_hand_computed() -> None:
     t = torch.tensor([math.log(3.0), 0.0] * 4).view(1, 8, 1)
     expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
     assert DistributionKD(temperature=1.0)(s, t).item() == pytest.approx(expected, rel=1e-5)
+    # T=2: the teacher's logits halved, p_t = softmax([log 3 / 2, 0]), and the KL scaled by T**2 = 4
+    assert DistributionKD(temperature=2.0)(s, t).item() == pytest.approx(_kl_vs_uniform_t2(), rel=1e-5)
+
+
+def _kl_vs_uniform_t2() -> float:
+    """4 * KL(softmax([log 3 / 2, 0]) || (0.5, 0.5)): the two-bin case of the hand-computed tests at T=2."""
+    p0 = math.sqrt(3.0) / (math.sqrt(3.0) + 1.0)
+    p1 = 1.0 - p0
+    return 4 * (p0 * math.log(2 * p0) + p1 * math.log(2 * p1))
 
 
 def test_cwd_hand_computed() -> None:
@@ -92,6 +101,16 @@ def test_cwd_hand_computed() -> None:
     t = torch.tensor([math.log(3.0), 0.0]).view(1, 1, 1, 2)
     expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
     assert ChannelWiseKD(temperature=1.0)(s, t).item() == pytest.approx(expected, rel=1e-5)
+    assert ChannelWiseKD(temperature=2.0)(s, t).item() == pytest.approx(_kl_vs_uniform_t2(), rel=1e-5)
+    # a second channel where student and teacher agree adds 0: the mean over channels halves the loss
+    s2, t2 = torch.cat([s, torch.zeros_like(s)], 1), torch.cat([t, torch.zeros_like(t)], 1)
+    assert ChannelWiseKD(temperature=1.0)(s2, t2).item() == pytest.approx(expected / 2, rel=1e-5)
+
+
+def test_mgd_hand_computed() -> None:
+    # generated map (1, 3) against a teacher map of zeros: (1**2 + 3**2) / 2 elements
+    generated, teacher = torch.tensor([[[[1.0, 3.0]]]]), torch.zeros(1, 1, 1, 2)
+    assert MaskedGenerativeKD()(generated, teacher).item() == pytest.approx(5.0)
 
 
 def test_mgd_generator_trains_masks_only_in_training_and_not_the_teacher() -> None:
