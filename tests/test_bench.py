@@ -158,3 +158,15 @@ def test_bench_lanes_queue() -> None:
         lane_queue(["defualt"], [0], methods)
     with pytest.raises(SystemExit, match="must be integers"):
         lane_queue(["default@x"], [0], methods)
+
+
+def test_plot_benchmarks_table_of_part_way_runs() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from plot_benchmarks import table
+
+    # baseline finished (4 epochs), the other run stopped part-way after 2: its later cells stay empty
+    out = table({"baseline": [0.1, 0.2, 0.3, 0.4], "default": [0.15, 0.25]}, every=2).splitlines()
+    assert out[0] == "| epoch | 2 | 4 |"
+    assert out[2] == "| baseline | 0.200 | 0.400 |"
+    assert out[3] == "| default | 0.250 |  |"
+    assert out[4] == "| default - baseline (points) | +5.0 |  |"
