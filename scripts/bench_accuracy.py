@@ -263,21 +263,32 @@ def cached_training(model: str, data: str, epochs: int, label: str, args: argpar
     return best
 
 
+def last_quarter_rise(run: Path) -> str | None:
+    """A run's mAP50-95 rise over the last quarter of its epochs, from its results.csv (None without one)."""
+    csv = run / "results.csv"
+    if not csv.is_file():
+        return None
+    lines = [ln.split(",") for ln in csv.read_text().splitlines()]
+    col = [c.strip() for c in lines[0]].index("metrics/mAP50-95(B)")
+    curve = [float(ln[col]) for ln in lines[1:] if len(ln) > col]
+    start = curve[-(len(curve) // 4) - 1]  # the value a quarter of the epochs before the end
+    return f"{100 * (curve[-1] - start):+.2f} points ({start:.4f} -> {curve[-1]:.4f})"
+
+
 def plateau(results: list[dict]) -> str:
-    """The baseline's mAP50-95 rise over the last quarter of its epochs, per seed (read from its results.csv)."""
-    rises = []
-    for r in sorted((r for r in results if r["method"] == "baseline" and r.get("run")), key=lambda r: r["seed"]):
-        csv = Path(r["run"]) / "results.csv"
-        if not csv.is_file():
-            continue
-        lines = [ln.split(",") for ln in csv.read_text().splitlines()]
-        col = [c.strip() for c in lines[0]].index("metrics/mAP50-95(B)")
-        curve = [float(ln[col]) for ln in lines[1:] if len(ln) > col]
-        start = curve[-(len(curve) // 4) - 1]  # the value a quarter of the epochs before the end
-        rises.append(f"seed {r['seed']}: {100 * (curve[-1] - start):+.2f} points ({start:.4f} -> {curve[-1]:.4f})")
-    if not rises:
-        return ""
-    return "Baseline over the last quarter of its epochs (plateau: under +0.5 points): " + "; ".join(rises) + "."
+    """Each run's mAP50-95 rise over the last quarter of its epochs: the baseline's says whether it is at its plateau,
+    the others' whether a method flattens earlier or later than the baseline."""
+    rises: dict[str, list[str]] = {}
+    for r in sorted((r for r in results if r.get("run")), key=lambda r: (r["method"] != "baseline", r["seed"])):
+        rise = last_quarter_rise(Path(r["run"]))
+        if rise is not None:
+            rises.setdefault(r["method"], []).append(f"seed {r['seed']}: {rise}")
+    lines = []
+    if "baseline" in rises:
+        lines.append("Baseline over the last quarter of its epochs (plateau: under +0.5 points): ")
+        lines[-1] += "; ".join(rises.pop("baseline")) + "."
+    lines += [f"{method} over the last quarter of its epochs: " + "; ".join(r) + "." for method, r in rises.items()]
+    return "  \n".join(lines)
 
 
 def pool_key(result: dict) -> str:

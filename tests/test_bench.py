@@ -170,3 +170,25 @@ def test_plot_benchmarks_table_of_part_way_runs() -> None:
     assert out[2] == "| baseline | 0.200 | 0.400 |"
     assert out[3] == "| default | 0.250 |  |"
     assert out[4] == "| default - baseline (points) | +5.0 |  |"
+
+
+def test_bench_reports_each_runs_last_quarter_rise(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_accuracy import plateau
+
+    def run(name: str, curve: list[float]) -> dict:
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [f"{i + 1},0.1,{v}" for i, v in enumerate(curve)]
+        (folder / "results.csv").write_text("\n".join(["epoch, time, metrics/mAP50-95(B)", *rows]) + "\n")
+        method, seed = name.rsplit("_s", 1)
+        return {"method": method, "seed": int(seed), "run": str(folder)}
+
+    # 8 epochs: the last quarter starts from epoch 6's value
+    results = [run("default_s0", [0.0] * 5 + [0.50, 0.51, 0.52]), run("baseline_s0", [0.0] * 5 + [0.40, 0.42, 0.45])]
+    lines = plateau(results).split("  \n")
+    assert lines == [
+        "Baseline over the last quarter of its epochs (plateau: under +0.5 points): seed 0: +5.00 points "
+        "(0.4000 -> 0.4500).",
+        "default over the last quarter of its epochs: seed 0: +2.00 points (0.5000 -> 0.5200).",
+    ]
