@@ -39,6 +39,7 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # a benchmark installs nothi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from plot_benchmarks import curve  # noqa: E402  (scripts/ is on the path: this script's own folder)
 from ultralytics import YOLO  # noqa: E402
 
 from yolo_kd import KDDetectionTrainer  # noqa: E402
@@ -265,14 +266,11 @@ def cached_training(model: str, data: str, epochs: int, label: str, args: argpar
 
 def last_quarter_rise(run: Path) -> str | None:
     """A run's mAP50-95 rise over the last quarter of its epochs, from its results.csv (None without one)."""
-    csv = run / "results.csv"
-    if not csv.is_file():
+    if not (run / "results.csv").is_file():
         return None
-    lines = [ln.split(",") for ln in csv.read_text().splitlines()]
-    col = [c.strip() for c in lines[0]].index("metrics/mAP50-95(B)")
-    curve = [float(ln[col]) for ln in lines[1:] if len(ln) > col]
-    start = curve[-(len(curve) // 4) - 1]  # the value a quarter of the epochs before the end
-    return f"{100 * (curve[-1] - start):+.2f} points ({start:.4f} -> {curve[-1]:.4f})"
+    values = curve(run)
+    start = values[-(len(values) // 4) - 1]  # the value a quarter of the epochs before the end
+    return f"{100 * (values[-1] - start):+.2f} points ({start:.4f} -> {values[-1]:.4f})"
 
 
 def plateau(results: list[dict]) -> str:

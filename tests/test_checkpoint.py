@@ -15,6 +15,7 @@ from yolo_kd.checkpoint import (
     kd_record,
     load_checkpoint_file,
     load_connector_state,
+    periodic_copy,
     read_kd_record,
     resume_record,
     scratch_paths,
@@ -165,3 +166,9 @@ def test_scratch_paths_are_empty_on_entry_and_gone_on_exit(tmp_path: Path) -> No
         scratch_last.write_bytes(b"half")
         raise RuntimeError("killed mid-save")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_periodic_copy_only_on_save_period_epochs() -> None:
+    wdir = Path("w")
+    assert [periodic_copy(wdir, e, 2) for e in range(4)] == [wdir / "epoch0.pt", None, wdir / "epoch2.pt", None]
+    assert periodic_copy(wdir, 0, -1) is None and periodic_copy(wdir, 4, 0) is None  # Ultralytics' "off"

@@ -8,7 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from yolo_kd.compat import args_without, checkpoints_written_to, criterion_detached, torchrun_world_size
+from yolo_kd.compat import (
+    add_callbacks_once,
+    args_without,
+    checkpoints_written_to,
+    criterion_detached,
+    torchrun_world_size,
+)
 
 
 def test_criterion_is_off_the_student_inside_the_block_only() -> None:
@@ -37,6 +43,20 @@ def test_checkpoint_paths_redirected_inside_the_block_only(tmp_path) -> None:
     with checkpoints_written_to(trainer, tmp_path / "a.pt", tmp_path / "b.pt"):
         assert (trainer.last.name, trainer.best.name) == ("a.pt", "b.pt")
     assert (trainer.last.name, trainer.best.name) == ("last.pt", "best.pt")
+
+
+def test_callbacks_added_once_even_when_the_trainer_already_holds_them() -> None:
+    from ultralytics.utils.callbacks import get_default_callbacks
+
+    calls: list[str] = []
+    trainer = SimpleNamespace(callbacks=get_default_callbacks())
+    trainer.add_callback = lambda event, callback: trainer.callbacks[event].append(callback)
+    start = lambda _: calls.append("start")  # noqa: E731
+    add_callbacks_once(trainer, {"on_train_epoch_start": start})
+    add_callbacks_once(trainer, {"on_train_epoch_start": start})  # a DDP worker's trainer, built with the parent's
+    for callback in trainer.callbacks["on_train_epoch_start"]:
+        callback(trainer)
+    assert calls == ["start"]
 
 
 def test_world_size_is_ultralytics_own_outside_torchrun() -> None:

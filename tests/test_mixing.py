@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 
-from yolo_kd.mixing import labeled_images, mixed_image_list, sample_mixing, write_image_list
+from yolo_kd.mixing import labeled_images, mixed_image_list, sample_mixing, write_image_list, write_mixed_list
 
 
 def _images(folder: Path, n: int) -> list[str]:
@@ -38,6 +38,16 @@ def test_labeled_images_from_folders_and_list_files(tmp_path: Path) -> None:
     write_image_list(["a.png", "b.png"], out)
     assert out.read_text() == "a.png\nb.png\n"
     assert [p.name for p in tmp_path.iterdir() if "list" in p.name] == ["list.txt"], "a temporary file was left"
+
+
+def test_written_mixed_list_counts_its_labeled_images_and_unlabeled_slots(tmp_path: Path) -> None:
+    labeled = _images(tmp_path / "lab", 3)
+    unlabeled = _images(tmp_path / "unl", 2)
+    out = tmp_path / "mixed.txt"
+    n_labeled, n_slots, files = write_mixed_list(tmp_path / "lab", tmp_path / "unl", 0.5, 0, out)
+    assert (n_labeled, n_slots, files) == (3, 3, set(unlabeled))  # 0.5 / 0.5 = 1 unlabeled slot per labeled image
+    lines = out.read_text().splitlines()
+    assert lines[:3] == labeled and set(lines[3:]) <= set(unlabeled) and len(lines) == 6
 
 
 def test_sample_mixing_stops_when_ultralytics_closes_mosaic() -> None:

@@ -207,6 +207,20 @@ def scratch_paths(last: Path, best: Path) -> Iterator[tuple[Path, Path]]:
             p.unlink(missing_ok=True)
 
 
+def periodic_copy(wdir: Path, epoch: int, save_period: int) -> Path | None:
+    """The ``epoch{N}.pt`` copy Ultralytics' ``save_period`` asks for at this epoch, as Ultralytics names it.
+
+    Args:
+        wdir: The run's weights folder.
+        epoch: The epoch just saved, from 0.
+        save_period: Ultralytics' ``save_period`` (off when under 1).
+
+    Returns:
+        Its path, or None when this epoch gets no copy.
+    """
+    return wdir / f"epoch{epoch}.pt" if save_period > 0 and epoch % save_period == 0 else None
+
+
 def complete_checkpoints(
     scratch_last: Path,
     scratch_best: Path,

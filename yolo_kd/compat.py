@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -104,6 +104,21 @@ def args_without(args: Any, keys: Iterable[str]) -> Iterator[None]:
         yield
     finally:
         vars(args).update(hidden)
+
+
+def add_callbacks_once(trainer: Any, callbacks: dict[str, Callable[[Any], None]]) -> None:
+    """Register callbacks on an Ultralytics trainer, each once.
+
+    Ultralytics' multi-GPU launch builds each worker's trainer with the parent's callbacks, which already hold these;
+    adding them again would run each twice per event.
+
+    Args:
+        trainer: The trainer (``add_callback``, ``callbacks``).
+        callbacks: Event name -> callback.
+    """
+    for event, callback in callbacks.items():
+        if callback not in trainer.callbacks[event]:
+            trainer.add_callback(event, callback)
 
 
 def torchrun_world_size(world_size: int) -> int:

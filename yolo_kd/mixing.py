@@ -69,6 +69,27 @@ def write_image_list(images: list[str], path: Path) -> None:
     write_text_atomic(path, "\n".join(images) + "\n")  # DDP ranks write the same list, each through its own temp
 
 
+def write_mixed_list(
+    img_path: str | Path | list[str | Path], unlabeled_dir: str | Path, ratio: float, seed: int, path: Path
+) -> tuple[int, int, set[str]]:
+    """Write the training list with unlabeled images mixed in (``labeled_images`` + ``mixed_image_list``).
+
+    Args:
+        img_path: The training split, as Ultralytics passes it to ``build_dataset``.
+        unlabeled_dir: The folder of unlabeled images.
+        ratio: Share of unlabeled slots in the list.
+        seed: The run's seed.
+        path: The list file to write.
+
+    Returns:
+        Labeled images in the list, unlabeled slots in it, and the set of every unlabeled file.
+    """
+    labeled = labeled_images(img_path)
+    images, unlabeled = mixed_image_list(labeled, unlabeled_dir, ratio, seed)
+    write_image_list(images, path)
+    return len(labeled), len(images) - len(labeled), unlabeled
+
+
 def sample_mixing(args: Any, epoch: int, epochs: int) -> list[str]:
     """The sample-mixing augmentations on in an epoch.
 

@@ -23,7 +23,7 @@ from .criterion import KDLoss, build_kd
 from .distiller import Distiller
 from .files import atomic_path
 from .inherit import init_student
-from .mixing import labeled_images, mixed_image_list, sample_mixing, write_image_list
+from .mixing import sample_mixing, write_mixed_list
 from .settings import pop_kd_args, settings_from_arguments, settings_from_checkpoint
 from .teacher import FrozenTeacher
 
@@ -82,12 +82,13 @@ class KDDetectionTrainer(DetectionTrainer):
         self.unlabeled_files: set[str] = set()
         self.student_init = "an unknown init"  # set by get_model (under DDP it runs in the workers only)
         super().__init__(cfg, overrides, _callbacks)
-        for event, callback in (
-            ("on_train_epoch_start", KDDetectionTrainer._set_kd_epoch),
-            ("on_train_epoch_end", KDDetectionTrainer._report_dropped_kd),
-        ):
-            if callback not in self.callbacks[event]:  # a DDP worker gets them again with the parent's callbacks
-                self.add_callback(event, callback)
+        compat.add_callbacks_once(
+            self,
+            {
+                "on_train_epoch_start": KDDetectionTrainer._set_kd_epoch,
+                "on_train_epoch_end": KDDetectionTrainer._report_dropped_kd,
+            },
+        )
         self.world_size = compat.torchrun_world_size(self.world_size)
         # The KD settings ride along in args: Ultralytics' multi-GPU launch rebuilds this trainer in each worker from
         # vars(args) alone, and args.yaml should say how the run was made. Checkpoints get them stripped (save_model).
@@ -223,17 +224,14 @@ class KDDetectionTrainer(DetectionTrainer):
             The dataset.
         """
         if mode == "train" and self.kd_cfg.unlabeled:
-            labeled = labeled_images(img_path)
-            ratio = self.kd_cfg.unlabeled_ratio
-            images, self.unlabeled_files = mixed_image_list(labeled, self.kd_cfg.unlabeled, ratio, self.args.seed)
-            img_path = self.save_dir / "train_with_unlabeled.txt"
-            write_image_list(images, img_path)
-            mixing = sample_mixing(self.args, 0, self.epochs)
-            report.log_mixed_list(
-                len(labeled), len(images) - len(labeled), len(self.unlabeled_files), ratio, img_path, mixing
+            mixed, ratio = self.save_dir / "train_with_unlabeled.txt", self.kd_cfg.unlabeled_ratio
+            n_labeled, n_slots, self.unlabeled_files = write_mixed_list(
+                img_path, self.kd_cfg.unlabeled, ratio, self.args.seed, mixed
             )
-            with compat.label_cache_at(self.save_dir / "train_with_unlabeled.cache"):  # not the dataset's own cache
-                return super().build_dataset(str(img_path), mode, batch)
+            mixing = sample_mixing(self.args, 0, self.epochs)
+            report.log_mixed_list(n_labeled, n_slots, len(self.unlabeled_files), ratio, mixed, mixing)
+            with compat.label_cache_at(mixed.with_suffix(".cache")):  # not the dataset's own cache
+                return super().build_dataset(str(mixed), mode, batch)
         return super().build_dataset(img_path, mode, batch)
 
     def _kd_loss(self) -> KDLoss | None:
@@ -308,10 +306,9 @@ class KDDetectionTrainer(DetectionTrainer):
             with compat.checkpoints_written_to(self, scratch_last, scratch_best):
                 saved = super().save_model()
             if saved and RANK in {-1, 0}:
-                periodic = self.save_period > 0 and self.epoch % self.save_period == 0
-                epoch_copy = self.wdir / f"epoch{self.epoch}.pt" if periodic else None
                 state = checkpoint.connector_state(self.distiller) if self.distiller is not None else None
                 record = checkpoint.kd_record(self.kd_cfg, self.teacher_path, self.teacher_sha256, state)
+                epoch_copy = checkpoint.periodic_copy(self.wdir, self.epoch, self.save_period)
                 targets = {"last": self.last, "best": self.best, "epoch": epoch_copy}
                 checkpoint.complete_checkpoints(scratch_last, scratch_best, targets, record, kd_keys())
         return saved
