@@ -2,7 +2,8 @@
 # The accuracy benchmark's runs side by side on one GPU machine (bench_lanes.py), for a session lent one.
 # The machine is bare and offline: it gets the repository, the Ultralytics wheels (.whl/, see below) and the cached
 # stages of the users' regime, copied by the session into gpu_carry/ (a teacher and a pretrained student, in their
-# run-folder layout: gpu_carry/teacher_*/weights/best.pt and gpu_carry/pretrain_yolov8n_*/weights/best.pt).
+# run-folder layout: gpu_carry/teacher_*/weights/best.pt and gpu_carry/pretrain_yolov8n_*/weights/best.pt). Without
+# them it trains both first (the 150-epoch yolov8m teacher of docs/BENCHMARKS.md), which takes part of the deadline.
 #
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ultralytics==8.4.190 ultralytics-thop
 #   bash scripts/gpu_lanes.sh EPOCHS DEADLINE_SECONDS      # results in $OUT (table.md, accuracy_results.jsonl, runs.tgz)
@@ -17,8 +18,15 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD YOLO_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi -L; nproc
 python3 -c "import torch, ultralytics; print(torch.__version__, ultralytics.__version__, torch.cuda.is_available())"
-T=$(ls gpu_carry/teacher_*/weights/best.pt); S=$(ls gpu_carry/pretrain_yolov8n_*/weights/best.pt)
 W=/tmp/w; mkdir -p $W
+T=$(ls gpu_carry/teacher_*/weights/best.pt 2>/dev/null); S=$(ls gpu_carry/pretrain_yolov8n_*/weights/best.pt 2>/dev/null)
+if [ -z "$T" ] || [ -z "$S" ]; then  # nothing carried: train the 150-epoch teacher and the pretrained student here
+  python3 scripts/bench_accuracy.py --prepare-only --methods baseline --regime finetune --teacher-model yolov8m.yaml \
+    --imgsz 128 --epochs "$epochs" --teacher-epochs 150 --source-epochs 20 --teacher-source-epochs 30 \
+    --source-n-train 400 --device "$device" --project $W/bench --data-root $W/data > "$OUT/prepare.log" 2>&1 || exit 1
+  T=$(ls $W/bench/finetune/teacher_best_*/weights/best.pt); S=$(ls $W/bench/finetune/pretrain_yolov8n_*/weights/best.pt)
+fi
+deadline=$((deadline - SECONDS))  # what the install and any stage training left of it
 python3 scripts/bench_lanes.py --runs baseline native default "default:kd_final=0@0,1" "default:kd_assign=0@0,1" \
   "default:kd_cls=0,kd_box=0,kd_cross=1@0,1" --seeds 0 1 2 --lanes 15 --deadline "$deadline" --logs $W/lanes -- \
   --regime finetune --teacher "$T" --pretrained-student "$S" --imgsz 128 --epochs "$epochs" --device "$device" \
