@@ -27,6 +27,7 @@ def test_demo_writes_report_plot_and_export(tmp_path: Path) -> None:
         "n_train=16",
         "n_val=8",
         "batch=8",
+        "regime=scratch",
         f"project={project}",
         f"data_root={data_root}",
     ]
@@ -59,7 +60,7 @@ def _cached(project: Path, checkpoint: dict) -> Path:
 def _settings(project: Path, **overrides: object) -> tuple[dict, dict]:
     from yolo_kd.demo import DEFAULTS
 
-    cfg = {**DEFAULTS, "teacher_epochs": 1, "imgsz": IMGSZ, "batch": 8, **overrides}
+    cfg = {**DEFAULTS, "regime": "scratch", "teacher_epochs": 1, "imgsz": IMGSZ, "batch": 8, **overrides}
     common = dict(imgsz=IMGSZ, batch=8, device="cpu", workers=0, plots=False, project=str(project))
     return cfg, common
 
@@ -110,7 +111,7 @@ def test_demo_refuses_a_bad_regime_key_or_value_in_one_line(tmp_path: Path, caps
     base = ["demo", f"project={tmp_path / 'demo'}", f"data_root={tmp_path / 'data'}"]
     for argv, message in (
         ([*base, "regime=bogus"], "regime=bogus is unknown; choose one of ['finetune', 'scratch']"),
-        ([*base, "source_epochs=3"], "(source_epochs: regime=finetune only)"),  # today's demo has no source stage
+        ([*base, "regime=scratch", "source_epochs=3"], "(source_epochs: regime=finetune only)"),  # no source stage
         ([*base, "regime=finetune", "sauce_epochs=3"], "unknown demo key(s) ['sauce_epochs'] for regime=finetune"),
         ([*base, "regime=finetune", "teacher_source_epochs=0"], "teacher_source_epochs=0: give a whole number"),
         ([*base, "epochs=1.5"], "epochs=1.5: give a whole number of at least 1"),

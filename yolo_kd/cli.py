@@ -2,7 +2,7 @@
 
 yolo-kd train model=yolov8n.yaml teacher=teacher.pt data=data.yaml kd=default epochs=100 imgsz=640
 yolo-kd train resume=runs/detect/train/weights/last.pt
-yolo-kd demo [regime=scratch|finetune] [epochs=15] [teacher_epochs=30] [imgsz=128] [project=runs/demo] [overwrite=False]
+yolo-kd demo [regime=finetune|scratch] [epochs=15] [teacher_epochs=12] [imgsz=128] [project=runs/demo] [overwrite=False]
 yolo-kd export model=best.pt format=onnx [data=data.yaml] [imgsz=640] [quantize=8|16|32] [overwrite=False]
 yolo-kd export model=best.pt format=litert quantize=8 data=data.yaml [int8_box_tail=float|int16|int8]
 yolo-kd label model=teacher.pt source=raw_images/ [out=raw_images_labelled] [conf=0.25] [val_fraction=0.1] [val=DIR]

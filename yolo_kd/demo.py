@@ -5,12 +5,12 @@ the same settings) -> baseline and distilled students (same seed, epochs, settin
 export of the distilled student (when the export extra is installed) -> ``report.md`` and ``report.png`` in the project
 folder. A project folder holding an earlier demo's results is redone only with ``overwrite=True``.
 
-Two regimes. ``scratch`` (the default, fits 20 minutes on 2 CPU cores): both students start from a random init (the
-distilled one from the teacher's weights where ``kd_init`` applies) and a YOLOv8s teacher trains on the target data.
-``finetune`` (the regime users are in, as they fine-tune ``yolov8n.pt``): a generated ``source`` domain plays COCO's
-part; the student and a deeper teacher (YOLOv8m) are pretrained on it, the teacher is fine-tuned on the target, and
-both students fine-tune the source-pretrained student. Every training stage before the students is cached and reused
-only when its run finished with the same settings (``runs.train_or_reuse``).
+Two regimes, each within 20 minutes on 2 CPU cores. ``finetune`` (the default: the regime users are in, as they
+fine-tune ``yolov8n.pt``): a generated ``source`` domain plays COCO's part; the student and a deeper teacher (YOLOv8m)
+are pretrained on it, the teacher is fine-tuned on the target, and both students fine-tune the source-pretrained
+student. ``scratch``: both students start from a random init (the distilled one from the teacher's weights where
+``kd_init`` applies) and a YOLOv8s teacher trains on the target data. Every training stage before the students is
+cached and reused only when its run finished with the same settings (``runs.train_or_reuse``).
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ DEFAULTS: dict[str, Any] = {
     "device": None,
     "seed": 0,
     "overwrite": False,
-    "regime": "scratch",
+    "regime": "finetune",
 }
-# Each regime's own keys and the defaults it changes; a key of another regime is refused.
+# Each regime's own keys and the defaults it changes (DEFAULTS holds scratch's); a key of another regime is refused.
 REGIMES: dict[str, dict[str, Any]] = {
     "scratch": {},
     "finetune": {
