@@ -95,6 +95,8 @@ def test_checkpoints_that_predate_a_key_resume_as_they_were_trained() -> None:
     v1 = {k: v for k, v in load_kd_config("full").to_dict().items() if k != "kd_assign"}  # written before kd_assign
     assert load_recorded_config(v1).kd_assign == 0.0 and load_recorded_config(v1).kd_feat == 1.0
     assert load_recorded_config({**v1, "kd_assign": 0.5}).kd_assign == 0.5  # a recorded value always wins
+    old = {k: v for k, v in load_kd_config("default").to_dict().items() if k != "kd_final"}  # written before kd_final
+    assert load_recorded_config(old).kd_final == 1.0 and load_kd_config("default").kd_final == 0.0
 
 
 def test_presets_ship_inside_the_package_and_the_user_facing_copies_are_equal() -> None:

@@ -58,10 +58,11 @@ class KDConfig:
     """Temperature of CWD's spatial softmax."""
     kd_mgd_mask: float = 0.5
     """Share of student feature pixels MGD masks out before regenerating the teacher map."""
-    kd_final: float = 1.0
+    kd_final: float = 0.0
     """KD gains (and the teacher's share in label assignment) at the last epoch as a fraction of the first, linear in
-    between (like Ultralytics' ``lrf``); 1.0 keeps them constant, 0.0 hands the last epochs to the ground truth
-    alone."""
+    between (like Ultralytics' ``lrf``); 0.0 (the default) hands the last epochs to the ground truth alone, 1.0 keeps
+    them constant. Fading them out kept the distilled student rising where constant gains let the baseline catch up
+    (docs/BENCHMARKS.md)."""
     kd_weight_power: float = 1.0
     """Anchor weight = teacher confidence ** power (0 weighs every anchor alike)."""
     kd_assign: float = 1.0
@@ -314,8 +315,9 @@ def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDC
 
 
 # Keys added after checkpoints were first written, each with the value that reproduces a run recorded before it existed
-# (teacher-guided assignment did not exist, so such a run assigned from the student alone; nor did the teacher init).
-RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0, "kd_init": "random"}
+# (teacher-guided assignment did not exist, so such a run assigned from the student alone; nor did the teacher init,
+# nor kd_final, so its gains were constant: kd_final's default became 0.0 later).
+RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0, "kd_init": "random", "kd_final": 1.0}
 
 
 def load_recorded_config(config: dict[str, Any]) -> KDConfig:
