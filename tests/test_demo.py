@@ -58,9 +58,9 @@ def _cached(project: Path, checkpoint: dict) -> Path:
 
 
 def _settings(project: Path, **overrides: object) -> tuple[dict, dict]:
-    from yolo_kd.demo import DEFAULTS
+    from yolo_kd.demo import demo_settings
 
-    cfg = {**DEFAULTS, "regime": "scratch", "teacher_epochs": 1, "imgsz": IMGSZ, "batch": 8, **overrides}
+    cfg = demo_settings({"regime": "scratch", "teacher_epochs": 1, "imgsz": IMGSZ, "batch": 8, **overrides})
     common = dict(imgsz=IMGSZ, batch=8, device="cpu", workers=0, plots=False, project=str(project))
     return cfg, common
 

@@ -38,13 +38,11 @@ from .trainer import KDDetectionTrainer
 
 DEFAULTS: dict[str, Any] = {
     "epochs": 15,
-    "teacher_epochs": 30,
     "imgsz": 128,
     "batch": 16,
     "n_train": 300,
     "n_val": 100,
     "teacher": None,
-    "teacher_model": "yolov8s.yaml",
     "student": "yolov8n.yaml",
     "kd": "default",
     "project": "runs/demo",
@@ -54,9 +52,9 @@ DEFAULTS: dict[str, Any] = {
     "overwrite": False,
     "regime": "finetune",
 }
-# Each regime's own keys and the defaults it changes (DEFAULTS holds scratch's); a key of another regime is refused.
+# Each regime's teacher and its own keys; a key of another regime is refused.
 REGIMES: dict[str, dict[str, Any]] = {
-    "scratch": {},
+    "scratch": {"teacher_model": "yolov8s.yaml", "teacher_epochs": 30},
     "finetune": {
         "teacher_model": "yolov8m.yaml",
         "teacher_epochs": 12,
