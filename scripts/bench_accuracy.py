@@ -69,7 +69,8 @@ METHODS = (
     "kd_lab",
     "kd_lab_unl",
 )
-NO_KD = ("baseline", "native", "base_lab", "baseline_init", "native_init")  # --set does not apply to these
+NO_KD = ("baseline", "native", "base_lab", "baseline_init", "native_init")  # no KD terms: --set does not apply
+INIT_KEYS = ("kd_init_blocks", "kd_init_channels")  # ... except these, which the *_init methods' init takes
 TEACHERLESS = ("baseline", "base_lab")
 
 
@@ -125,7 +126,8 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
     elif method == "native":
         model.train(distill_model=teacher, **common)
     elif method in ("baseline_init", "native_init"):
-        model = YOLO(teacher_selected_student(args.student, teacher, data, project / f"{name}_s{seed}"))
+        init = {k: kd_set[k] for k in INIT_KEYS if k in kd_set}
+        model = YOLO(teacher_selected_student(args.student, teacher, data, project / f"{name}_s{seed}", **init))
         model.train(**common, **({"distill_model": teacher} if method == "native_init" else {}))
     elif method == "default_fp32":
         model.train(
@@ -146,7 +148,14 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
     }
 
 
-def teacher_selected_student(student: str, teacher: str, data: str, folder: Path) -> str:
+def teacher_selected_student(
+    student: str,
+    teacher: str,
+    data: str,
+    folder: Path,
+    kd_init_blocks: str = "first",
+    kd_init_channels: str = "importance",
+) -> str:
     """A checkpoint of ``student`` initialised as ``kd_init=teacher`` does, for trainers that take no ``kd_init``."""
     import torch
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
@@ -157,7 +166,8 @@ def teacher_selected_student(student: str, teacher: str, data: str, folder: Path
     names = name_list(yaml.safe_load(Path(data).read_text())["names"])
     t, _ = load_checkpoint(teacher)
     model = DetectionModel(student, nc=len(names), verbose=False)
-    reason = inherit_weights(model, t, class_pairs(names, name_list(t.names)))
+    pairs = class_pairs(names, name_list(t.names))
+    reason = inherit_weights(model, t, pairs, blocks=kd_init_blocks, channels=kd_init_channels)
     if reason is not None:
         raise SystemExit(f"cannot start {student} from {teacher}: {reason}")
     model.names = dict(enumerate(names))
@@ -193,7 +203,9 @@ def parse_sets(sets: list[str]) -> dict:
 
 def method_name(method: str, sets: list[str]) -> str:
     """A variant's name in the results: the method plus its overrides, e.g. ``kd_lab_unl[unlabeled_ratio=0.75]``."""
-    if not sets or method in NO_KD:
+    if method.endswith("_init"):
+        sets = [s for s in sets if s.partition("=")[0] in INIT_KEYS]
+    if not sets or (method in NO_KD and not method.endswith("_init")):
         return method
     return f"{method}[{','.join(sets)}]"
 

@@ -192,3 +192,14 @@ def test_bench_reports_each_runs_last_quarter_rise(tmp_path: Path) -> None:
         "(0.4000 -> 0.4500).",
         "default over the last quarter of its epochs: seed 0: +2.00 points (0.5000 -> 0.5200).",
     ]
+
+
+def test_init_methods_take_only_the_init_keys() -> None:
+    """``baseline_init:kd_init_channels=even`` is its own variant; KD keys do not apply to a method without KD."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_accuracy import method_name
+
+    assert method_name("baseline_init", ["kd_init_channels=even"]) == "baseline_init[kd_init_channels=even]"
+    assert method_name("baseline_init", ["kd_final=0"]) == "baseline_init"
+    assert method_name("baseline", ["kd_init_channels=even"]) == "baseline"
+    assert method_name("default", ["kd_init_channels=even"]) == "default[kd_init_channels=even]"

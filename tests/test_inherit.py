@@ -10,9 +10,11 @@ from ultralytics.nn.modules.block import Attention, C2f, PSABlock
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint, yaml_model_load
 
 from tests.conftest import tiny_trainer
+from yolo_kd.channels import top_channels
 from yolo_kd.cli import parse_pairs
-from yolo_kd.config import KDConfigError, load_kd_config
+from yolo_kd.config import INIT_CHANNELS, KDConfigError, load_kd_config
 from yolo_kd.inherit import (
+    CHANNEL_CHOICES,
     chosen_blocks,
     class_output_keys,
     evenly_spaced,
@@ -26,6 +28,16 @@ from yolo_kd.inherit import (
 def _model(cfg: str | dict, nc: int = 3, seed: int = 0) -> DetectionModel:
     torch.manual_seed(seed)
     return DetectionModel(cfg, nc=nc, verbose=False)
+
+
+def _trained_looking(model: DetectionModel) -> DetectionModel:
+    """Give every normalisation layer distinct scales and non-trivial statistics, as training does: a fresh model's
+    scales are all 1, and importance would then have nothing to rank."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.1, 1.1)
+            m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5)
+    return model
 
 
 def test_evenly_spaced_by_hand() -> None:
@@ -59,11 +71,44 @@ def test_init_student_follows_kd_init_and_names_classes() -> None:
     assert torch.equal(student.state_dict()[cls_b], teacher.state_dict()[cls_b][[1, 0]])
 
 
+def test_top_channels_by_hand() -> None:
+    assert top_channels(torch.tensor([0.1, 0.9, 0.5, 0.7]), 2).tolist() == [1, 3]  # the largest two, in order
+    assert top_channels(torch.tensor([0.3, 0.2]), 2).tolist() == [0, 1]
+
+
+def test_channel_choices_agree_with_the_config() -> None:
+    assert INIT_CHANNELS == CHANNEL_CHOICES and load_kd_config().kd_init_channels == "importance"
+
+
+def test_importance_keeps_the_teachers_largest_scales_by_hand() -> None:
+    student, teacher = _model("yolov8n.yaml"), _trained_looking(_model("yolov8s.yaml", seed=1))
+    gamma = torch.zeros(32)
+    gamma[[3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 20, 21, 22, 23, 30, 31]] = 1.0  # layer 0: 16 of 32 filters matter
+    teacher.model[0].bn.weight.data = gamma
+    assert inherit_weights(student, teacher, [(0, 0)], channels="importance") is None
+    s, t = student.state_dict(), teacher.state_dict()
+    kept = gamma.nonzero().flatten()
+    assert torch.equal(s["model.0.conv.weight"], t["model.0.conv.weight"][kept])
+    assert torch.equal(s["model.0.bn.weight"], t["model.0.bn.weight"][kept])
+    # the next conv reads exactly those channels, and keeps its own most important filters
+    rows = top_channels(t["model.1.bn.weight"].abs(), 32)
+    assert torch.equal(s["model.1.conv.weight"], t["model.1.conv.weight"][rows][:, kept])
+
+
+def test_importance_falls_back_to_even_spacing_where_it_does_not_trace() -> None:
+    chosen = selection(_model("yolo11n.yaml"), _model("yolo11s.yaml"), channels="importance")
+    assert chosen.channels == "even" and "C3k blocks" in chosen.fallback  # yolo11n layer 6
+    chosen = selection(_model("yolov8n.yaml"), _model("yolov8s.yaml"), channels="importance")
+    assert chosen.channels == "importance" and chosen.fallback is None
+    with pytest.raises(KDConfigError, match="kd_init_channels='random'"):
+        load_kd_config(kd_init_channels="random")
+
+
 def test_wider_teacher_is_sliced_evenly_and_classes_copied_by_class() -> None:
     student, teacher = _model("yolov8n.yaml", nc=3), _model("yolov8s.yaml", nc=4, seed=1)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     pairs = [(0, 3), (1, 0)]  # student class 2 has no teacher class
-    assert inherit_weights(student, teacher, pairs) is None
+    assert inherit_weights(student, teacher, pairs, channels="even") is None
     s, t = student.state_dict(), teacher.state_dict()
     assert torch.equal(s["model.0.conv.weight"], t["model.0.conv.weight"][::2])  # 16 of 32 filters, 3 inputs
     assert torch.equal(s["model.1.conv.weight"], t["model.1.conv.weight"][::2, ::2])
@@ -83,19 +128,18 @@ SAME_DEPTH_PAIRS = [
 ]
 
 
+@pytest.mark.parametrize("channels", CHANNEL_CHOICES)
 @pytest.mark.parametrize(("student_cfg", "teacher_cfg"), SAME_DEPTH_PAIRS)
-def test_selection_is_consistent_through_every_layer(student_cfg: str, teacher_cfg: str) -> None:
+def test_selection_is_consistent_through_every_layer(student_cfg: str, teacher_cfg: str, channels: str) -> None:
     """With the teacher's unselected input channels zeroed, the student must compute the teacher's selected channels.
 
     That holds only if every layer's kept inputs are exactly the previous layer's kept outputs: through C2f/C3k2
     chunks, SPPF and neck concatenations, attention heads and the Detect branches.
     """
-    student, teacher = _model(student_cfg), _model(teacher_cfg, seed=1)
-    for m in teacher.modules():  # non-trivial normalisation statistics, so that selecting them matters
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5)
-    plan, s_sd = selection_plan(student, teacher), student.state_dict()
-    assert isinstance(plan, dict), plan
+    student, teacher = _model(student_cfg), _trained_looking(_model(teacher_cfg, seed=1))
+    chosen, s_sd = selection(student, teacher, channels=channels), student.state_dict()
+    assert not isinstance(chosen, str), chosen
+    plan = chosen.index
     with torch.no_grad():
         for key, t in teacher.state_dict().items():
             if t.ndim >= 2 and (t.shape[1] != s_sd[key].shape[1] or 1 in plan.get(key, {})):
@@ -103,8 +147,8 @@ def test_selection_is_consistent_through_every_layer(student_cfg: str, teacher_c
                 dropped = torch.ones(t.shape[1], dtype=torch.bool)
                 dropped[keep] = False
                 t[:, dropped] = 0
-    assert inherit_weights(student, teacher, [(0, 0), (1, 1), (2, 2)]) is None
-    _assert_layers_match(student, teacher, {})
+    assert inherit_weights(student, teacher, [(0, 0), (1, 1), (2, 2)], channels=channels) is None
+    _assert_layers_match(student, teacher, chosen.outputs)
 
 
 def _assert_layers_match(student: DetectionModel, teacher: DetectionModel, kept: dict[int, torch.Tensor]) -> None:
@@ -166,19 +210,17 @@ def _identity_block(block: torch.nn.Module) -> None:
         bn.weight.data.zero_(), bn.bias.data.zero_(), bn.running_mean.zero_()
 
 
+@pytest.mark.parametrize("channels", CHANNEL_CHOICES)
 @pytest.mark.parametrize("blocks", ["first", "even"])
 @pytest.mark.parametrize(("student_cfg", "teacher_cfg"), DEEPER_PAIRS)
 def test_deeper_teacher_selection_is_consistent_through_every_layer(
-    student_cfg: str, teacher_cfg: str, blocks: str
+    student_cfg: str, teacher_cfg: str, blocks: str, channels: str
 ) -> None:
     """With the teacher's unselected channels zeroed and its skipped blocks made identities, every student layer must
     compute the teacher layer's selected channels: the chosen blocks' weights, their chunks in C2f's output conv and
     the chain through skipped residual blocks all line up."""
-    student, teacher = _model(student_cfg), _model(teacher_cfg, seed=1)
-    for m in teacher.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5)
-    chosen = selection(student, teacher, blocks)
+    student, teacher = _model(student_cfg), _trained_looking(_model(teacher_cfg, seed=1))
+    chosen = selection(student, teacher, blocks, channels)
     assert not isinstance(chosen, str), chosen
     assert chosen.skipped, "a deeper teacher must have blocks no student block inherits"
     t_modules, inherited = dict(teacher.named_modules()), set(chosen.keys.values())
@@ -198,14 +240,14 @@ def test_deeper_teacher_selection_is_consistent_through_every_layer(
                 dropped = torch.ones(t.shape[1], dtype=torch.bool)
                 dropped[keep] = False
                 t[:, dropped] = 0
-    assert inherit_weights(student, teacher, [(0, 0), (1, 1), (2, 2)], blocks=blocks) is None
+    assert inherit_weights(student, teacher, [(0, 0), (1, 1), (2, 2)], blocks=blocks, channels=channels) is None
     _assert_layers_match(student, teacher, chosen.outputs)
 
 
 def test_block_choice_by_hand() -> None:
     assert chosen_blocks(6, 2, "first") == [0, 1] and chosen_blocks(6, 2, "even") == [0, 3]
     assert chosen_blocks(3, 1, "even") == [0]
-    chosen = selection(_model("yolov8n.yaml"), _model("yolov8x.yaml"), "even")
+    chosen = selection(_model("yolov8n.yaml"), _model("yolov8x.yaml"), "even", channels="even")
     assert chosen.keys["model.4.m.1.cv1.conv.weight"] == "model.4.m.3.cv1.conv.weight"  # 2 of 6: blocks 0 and 3
     assert "model.4.m.1" in chosen.skipped and "model.4.m.3" not in chosen.skipped
     # the output conv keeps y0, y1 and the chunks of blocks 0 and 3: teacher chunk width 160, student 32
@@ -247,7 +289,8 @@ def test_bad_kd_init_value() -> None:
 @pytest.mark.slow
 def test_trainer_starts_a_yaml_student_from_the_teacher_only(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
     teacher, _ = load_checkpoint(teacher_pt)
-    want = teacher.state_dict()["model.0.conv.weight"][::2]
+    conv0 = teacher.state_dict()["model.0.conv.weight"]
+    want = conv0[top_channels(teacher.state_dict()["model.0.bn.weight"].abs().float(), conv0.shape[0] // 2)]
 
     trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "init")
     assert torch.equal(trainer.get_model(cfg="yolov8n.yaml").state_dict()["model.0.conv.weight"], want)
@@ -281,7 +324,9 @@ def test_trainer_starts_a_yaml_student_from_a_deeper_teacher(
     teacher.names = names
     path = tmp_path / "v8m.pt"
     torch.save({"model": teacher, "train_args": {}}, path)
-    trainer = tiny_trainer(data_yaml, str(path), tmp_path, f"deep_{blocks}", kd_init_blocks=blocks)
+    trainer = tiny_trainer(
+        data_yaml, str(path), tmp_path, f"deep_{blocks}", kd_init_blocks=blocks, kd_init_channels="even"
+    )
     student = trainer.get_model(cfg="yolov8n.yaml")
     assert trainer.student_init == "the teacher's weights"
     got = student.state_dict()["model.4.m.1.cv1.conv.weight"]

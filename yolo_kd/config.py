@@ -21,6 +21,7 @@ __all__ = ["KDConfig", "KDConfigError", "load_kd_config", "load_recorded_config"
 PRESET_DIR = Path(__file__).resolve().parent / "presets"  # inside the package: a wheel install has them too
 INIT_NAMES = ("teacher", "random")
 INIT_BLOCKS = ("first", "even")  # kept equal to yolo_kd.inherit.BLOCK_CHOICES (inherit imports Ultralytics; config not)
+INIT_CHANNELS = ("importance", "even")  # kept equal to yolo_kd.inherit.CHANNEL_CHOICES
 RUN_KEYS = ("teacher", "kd")  # KD keys of a training run besides the KDConfig fields
 TEMPERATURE_RANGE = (1e-3, 1e3)  # beyond it a softmax/sigmoid saturates to one-hot or flat: no useful soft target
 MAX_UNLABELED_RATIO = 0.95  # the mixed list holds ratio / (1 - ratio) unlabeled slots per labeled image
@@ -77,6 +78,10 @@ class KDConfig:
     kd_init_blocks: str = "first"
     """With kd_init=teacher and a deeper teacher: which of a layer's repeated teacher blocks the student's fewer blocks
     inherit: 'first' (the first N, the paper's layer selection) or 'even' (evenly spaced, the first always kept)."""
+    kd_init_channels: str = "importance"
+    """With kd_init=teacher and a wider teacher: which of the teacher's channels the student inherits: 'importance'
+    (those with the largest normalisation scale |gamma|, network slimming's measure; YOLOv8 layer kinds, else evenly
+    spaced with a warning) or 'even' (evenly spaced, weight selection's choice)."""
     kd_class_map: str | dict | None = None
     """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
     matched by name (case, spaces and underscores ignored). Student classes without a teacher class get no logit KD."""
@@ -168,6 +173,8 @@ class KDConfig:
             raise KDConfigError(f"kd_init={self.kd_init!r} is unknown; choose one of {INIT_NAMES}")
         if self.kd_init_blocks not in INIT_BLOCKS:
             raise KDConfigError(f"kd_init_blocks={self.kd_init_blocks!r} is unknown; choose one of {INIT_BLOCKS}")
+        if self.kd_init_channels not in INIT_CHANNELS:
+            raise KDConfigError(f"kd_init_channels={self.kd_init_channels!r} is unknown; choose one of {INIT_CHANNELS}")
         from .losses import FEATURE_LOSSES  # the one list of feature-loss names (imported late: it needs torch)
 
         if self.kd_feat_loss not in FEATURE_LOSSES:
@@ -316,8 +323,9 @@ def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDC
 
 # Keys added after checkpoints were first written, each with the value that reproduces a run recorded before it existed
 # (teacher-guided assignment did not exist, so such a run assigned from the student alone; nor did the teacher init,
-# nor kd_final, so its gains were constant: kd_final's default became 0.0 later).
-RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0, "kd_init": "random", "kd_final": 1.0}
+# nor kd_final, so its gains were constant: kd_final's default became 0.0 later; the teacher init chose evenly spaced
+# channels before kd_init_channels).
+RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0, "kd_init": "random", "kd_final": 1.0, "kd_init_channels": "even"}
 
 
 def load_recorded_config(config: dict[str, Any]) -> KDConfig:

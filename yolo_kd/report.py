@@ -47,6 +47,16 @@ def log_init(reason: str | None) -> None:
         LOGGER.warning(f"{PREFIX} kd_init=teacher not applied, random init: {reason}")
 
 
+def log_channels_fallback(reason: str) -> None:
+    """Log that ``kd_init_channels=importance`` keeps evenly spaced channels for this pair, and why.
+
+    Args:
+        reason: The layer the importance plan does not trace.
+    """
+    if _main_process():
+        LOGGER.warning(f"{PREFIX} kd_init_channels=importance: {reason}; the channels are evenly spaced instead")
+
+
 def log_setup(
     cfg: KDConfig,
     teacher: str,
