@@ -30,6 +30,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -148,26 +149,27 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
     }
 
 
-def teacher_selected_student(
-    student: str,
-    teacher: str,
-    data: str,
-    folder: Path,
-    kd_init_blocks: str = "first",
-    kd_init_channels: str = "importance",
-) -> str:
-    """A checkpoint of ``student`` initialised as ``kd_init=teacher`` does, for trainers that take no ``kd_init``."""
+def teacher_selected_student(student: str, teacher: str, data: str, folder: Path, **init: Any) -> str:
+    """A checkpoint of ``student`` initialised as ``kd_init=teacher`` does, for trainers that take no ``kd_init``.
+
+    ``init`` takes the init keys (``INIT_KEYS``), validated and defaulted by the KD config, as a KD run would.
+    """
     import torch
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
     from yolo_kd.classes import class_pairs, name_list
+    from yolo_kd.config import KDConfigError, load_kd_config
     from yolo_kd.inherit import inherit_weights
 
     names = name_list(yaml.safe_load(Path(data).read_text())["names"])
     t, _ = load_checkpoint(teacher)
     model = DetectionModel(student, nc=len(names), verbose=False)
     pairs = class_pairs(names, name_list(t.names))
-    reason = inherit_weights(model, t, pairs, blocks=kd_init_blocks, channels=kd_init_channels)
+    try:
+        cfg = load_kd_config(**init)
+    except KDConfigError as e:
+        raise SystemExit(str(e)) from None
+    reason = inherit_weights(model, t, pairs, blocks=cfg.kd_init_blocks, channels=cfg.kd_init_channels)
     if reason is not None:
         raise SystemExit(f"cannot start {student} from {teacher}: {reason}")
     model.names = dict(enumerate(names))
@@ -246,7 +248,11 @@ def split_dataset(data: str, fraction: float) -> tuple[str, str]:
 
 
 def setting(args: argparse.Namespace, teacher: str) -> str:
-    """Results are comparable only within one setting; the table pools runs of the same one across invocations."""
+    """Results are comparable only within one setting; the table pools runs of the same one across invocations.
+
+    A method is pooled by its name, so a change of what a name means (a preset's default, e.g. ``kd_init_channels``
+    on 2026-12-01) is measured in a new ``--project``, never beside the records of the old meaning.
+    """
     return f"{args.student_pt or args.student}|{teacher}|e{args.epochs}|{args.imgsz}|b{args.batch}|n{args.n_train}"
 
 

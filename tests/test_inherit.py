@@ -95,6 +95,29 @@ def test_importance_keeps_the_teachers_largest_scales_by_hand() -> None:
     assert torch.equal(s["model.1.conv.weight"], t["model.1.conv.weight"][rows][:, kept])
 
 
+def test_importance_scores_each_channel_space_by_hand() -> None:
+    """Beyond the first convs: C2f's y0 half, its residual stream (cv1's y1 half plus every kept block's last scales),
+    a bottleneck's hidden channels, SPPF's pooled channels and a Detect branch each keep their own largest scales."""
+    student, teacher = _model("yolov8n.yaml"), _trained_looking(_model("yolov8m.yaml", seed=1))
+    plan, t = selection_plan(student, teacher, channels="importance"), teacher.state_dict()
+    assert isinstance(plan, dict), plan
+
+    def gamma(conv: str) -> torch.Tensor:
+        return t[f"{conv}.bn.weight"].abs()
+
+    c_t, c_s = 96, 32  # layer 4 (C2f, shortcuts): teacher chunk width, student chunk width; 4 teacher blocks, 2 kept
+    first = gamma("model.4.cv1")
+    y0 = top_channels(first[:c_t], c_s)
+    stream = top_channels(first[c_t:] + gamma("model.4.m.0.cv2") + gamma("model.4.m.1.cv2"), c_s)  # blocks 0, 1
+    assert torch.equal(plan["model.4.cv1.conv.weight"][0], torch.cat([y0, c_t + stream]))
+    assert torch.equal(plan["model.4.m.1.cv2.conv.weight"][0], stream)  # a residual block keeps the stream's channels
+    assert torch.equal(plan["model.4.m.1.cv1.conv.weight"][0], top_channels(gamma("model.4.m.1.cv1"), c_s))
+    assert not torch.equal(stream, top_channels(first[c_t:], c_s))  # the blocks' scales do count
+    assert torch.equal(plan["model.9.cv1.conv.weight"][0], top_channels(gamma("model.9.cv1"), 128))  # SPPF
+    assert torch.equal(plan["model.22.cv3.1.0.conv.weight"][0], top_channels(gamma("model.22.cv3.1.0"), 64))
+    assert torch.equal(plan["model.22.cv3.1.0.conv.weight"][1], plan["model.18.cv2.conv.weight"][0])  # reads P4
+
+
 def test_importance_falls_back_to_even_spacing_where_it_does_not_trace() -> None:
     chosen = selection(_model("yolo11n.yaml"), _model("yolo11s.yaml"), channels="importance")
     assert chosen.channels == "even" and "C3k blocks" in chosen.fallback  # yolo11n layer 6

@@ -22,6 +22,7 @@ from ultralytics.nn.modules.conv import Concat, Conv
 from ultralytics.nn.modules.head import Detect
 
 Plan = dict[str, dict[int, torch.Tensor]]
+"""State-dict key -> {dimension: teacher indices} (dimensions not listed keep weight selection's even spacing)."""
 
 
 def top_channels(scores: torch.Tensor, n: int) -> torch.Tensor:
@@ -87,7 +88,7 @@ def importance_plan(
             hidden = planner.conv(f"{name}.cv1", x)
             c_t, pools = t_layer.cv1.conv.out_channels, getattr(layer, "n", 3)
             pooled = torch.cat([hidden + q * c_t for q in range(pools + 1)])
-            kept[i] = planner.conv(f"{name}.cv2", pooled, outputs=x if layer.add else None)
+            kept[i] = planner.conv(f"{name}.cv2", pooled, outputs=x if getattr(layer, "add", False) else None)
             size[i] = t_layer.cv2.conv.out_channels
         elif isinstance(layer, nn.Upsample):
             kept[i], size[i] = x, size[sources[0]]
@@ -112,14 +113,26 @@ class _Planner:
         self.plan: Plan = {}
 
     def scale(self, conv: str) -> torch.Tensor:
-        """The teacher's ``|gamma|`` for the student's Conv module named ``conv`` (its chosen block's, if deeper)."""
+        """The teacher's ``|gamma|`` for the student's Conv module named ``conv`` (its chosen block's, if deeper).
+
+        Ties (an untrained teacher's scales are all 1) are broken by ``torch.topk``'s order: any consistent choice.
+        """
         return self.t_sd[self.keys[f"{conv}.bn.weight"]].detach().abs().float().cpu()
 
-    def conv(self, conv: str, inputs: torch.Tensor, outputs: torch.Tensor | None = None) -> torch.Tensor:
-        """Plan a Conv (its conv weight and normalisation); outputs default to the teacher's most important ones."""
+    def conv(self, conv: str, inputs: torch.Tensor | None, outputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Plan a Conv: its conv weight and normalisation.
+
+        Args:
+            conv: The student's Conv module name.
+            inputs: The teacher channels its input kept (None for the image: all of them).
+            outputs: The teacher channels its output keeps; by default the teacher's most important ones.
+
+        Returns:
+            The kept output channels.
+        """
         if outputs is None:
             outputs = top_channels(self.scale(conv), self.s_sd[f"{conv}.conv.weight"].shape[0])
-        self.plan[f"{conv}.conv.weight"] = {0: outputs, 1: inputs}
+        self.plan[f"{conv}.conv.weight"] = {0: outputs} if inputs is None else {0: outputs, 1: inputs}
         for p in ("weight", "bias", "running_mean", "running_var"):
             self.plan[f"{conv}.bn.{p}"] = {0: outputs}
         return outputs
@@ -133,6 +146,7 @@ class _Planner:
         block's last scales.
         """
         c_s, blocks = layer.c, range(len(layer.m))
+        # "model.<i>.m.<k>.cv1...": the teacher block that student block j inherits (inherit's depth map)
         teacher_block = [int(self.keys[f"{name}.m.{j}.cv1.conv.weight"].split(".")[3]) for j in blocks]
         first, residual = self.scale(f"{name}.cv1"), layer.m[0].add
         stream = first[c_t:] + sum((self.scale(f"{name}.m.{j}.cv2") for j in blocks if residual), torch.zeros(c_t))

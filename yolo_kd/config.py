@@ -71,10 +71,10 @@ class KDConfig:
     Ultralytics' task-aligned assigner ranks to pick each object's positive anchors and their soft targets;
     0 assigns from the student's own predictions (Ultralytics' behaviour), 1 from the teacher's alone."""
     kd_init: str = "teacher"
-    """How a student built from a YAML (no weights) starts: 'teacher' selects evenly spaced channels of the teacher's
-    weights when both are of one family (weight selection, Xu et al. 2024; e.g. v8s -> v8n, v8x -> v8l, and deeper
-    teachers such as v8m/l/x -> v8n), else it keeps its random init with a one-line warning; 'random' always keeps the
-    random init. Pretrained or resumed students keep their weights either way."""
+    """How a student built from a YAML (no weights) starts: 'teacher' selects channels of the teacher's weights
+    (``kd_init_channels``) when both are of one family (weight selection, Xu et al. 2024; e.g. v8s -> v8n,
+    v8x -> v8l, and deeper teachers such as v8m/l/x -> v8n), else it keeps its random init with a one-line warning;
+    'random' always keeps the random init. Pretrained or resumed students keep their weights either way."""
     kd_init_blocks: str = "first"
     """With kd_init=teacher and a deeper teacher: which of a layer's repeated teacher blocks the student's fewer blocks
     inherit: 'first' (the first N, the paper's layer selection) or 'even' (evenly spaced, the first always kept)."""

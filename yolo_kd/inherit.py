@@ -28,13 +28,10 @@ from ultralytics.nn.modules.block import C2PSA, C3, Attention, C2f
 from ultralytics.nn.modules.conv import Concat
 
 from . import report
-from .channels import importance_plan
+from .channels import Plan, importance_plan
 from .classes import class_pairs, name_list
 from .config import KDConfig
 from .hooks import find_detect_head
-
-Plan = dict[str, dict[int, torch.Tensor]]
-"""State-dict key -> {dimension: teacher indices} where the even spacing of ``evenly_spaced`` does not apply."""
 
 BLOCK_CHOICES = ("first", "even")
 CHANNEL_CHOICES = ("importance", "even")
@@ -48,7 +45,7 @@ class Selection:
 
     Attributes:
         keys: Student state-dict key -> teacher state-dict key (differs where a deeper teacher's block was chosen).
-        index: Student key -> {dimension: teacher indices} where ``evenly_spaced`` does not apply.
+        index: Student key -> {dimension: teacher indices}; a dimension not listed is evenly spaced.
         skipped: Names of the teacher's repeated blocks that no student block inherits.
         outputs: Layer index -> the teacher output channels that layer's student output stands for.
         channels: How the channels were chosen: ``"importance"`` or ``"even"``.
@@ -294,6 +291,7 @@ def selection(
             plan.update(_attention_plan(name, module, t_modules[t_name]))
         elif hasattr(module, "num_heads"):  # an attention layout not handled here (AAttn, nn.MultiheadAttention...)
             return f"{name} ({type(module).__name__}) has a head layout weight selection does not handle"
+    # the even plan above is built under importance too: its checks (attention layouts, families) refuse for both
     if channels == "even":
         return Selection(keys, plan, skipped, outputs)
     important = importance_plan(student, teacher, keys)
@@ -305,7 +303,7 @@ def selection(
 def selection_plan(
     student: nn.Module, teacher: nn.Module, blocks: str = "first", channels: str = "importance"
 ) -> Plan | str:
-    """The teacher indices of every dimension that is not evenly spaced (``selection(...).index``), or why not."""
+    """The planned teacher indices (``selection(...).index``; other dimensions are evenly spaced), or why not."""
     chosen = selection(student, teacher, blocks, channels)
     return chosen if isinstance(chosen, str) else chosen.index
 
