@@ -192,6 +192,13 @@ def test_bench_reports_each_runs_last_quarter_rise(tmp_path: Path) -> None:
         "(0.4000 -> 0.4500).",
         "default over the last quarter of its epochs: seed 0: +2.00 points (0.5000 -> 0.5200).",
     ]
+    # 40 epochs: epoch 30 against 40, and the 2-epoch means ending there (a noisy last epoch moves the first only)
+    noisy = [0.0] * 28 + [0.60, 0.62] + [0.615] * 8 + [0.64, 0.60]
+    lines = plateau([run("baseline_s1", noisy)]).split("  \n")
+    assert lines == [
+        "Baseline over the last quarter of its epochs (plateau: under +0.5 points): seed 1: -2.00 points "
+        "(0.6200 -> 0.6000), +1.00 between 2-epoch means."
+    ]
 
 
 def test_init_methods_take_only_the_init_keys() -> None:
