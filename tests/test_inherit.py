@@ -118,11 +118,42 @@ def test_importance_scores_each_channel_space_by_hand() -> None:
     assert torch.equal(plan["model.22.cv3.1.0.conv.weight"][1], plan["model.18.cv2.conv.weight"][0])  # reads P4
 
 
+def test_importance_scores_yolo11_spaces_by_hand() -> None:
+    """yolo11's own kinds: a C3k block's residual stream (its cv1 plus both bottlenecks' last scales) and its cv2 half,
+    C2PSA's stream through an attention block (cv1's y1 half plus the attention and feed-forward outputs), and a
+    depthwise conv in a Detect branch, whose outputs are its inputs."""
+    student, teacher = _model("yolo11n.yaml"), _trained_looking(_model("yolo11s.yaml", seed=1))
+    plan, t = selection_plan(student, teacher, channels="importance"), teacher.state_dict()
+    assert isinstance(plan, dict), plan
+
+    def gamma(conv: str) -> torch.Tensor:
+        return t[f"{conv}.bn.weight"].abs()
+
+    c3k = "model.6.m.0"  # C3k2's block: a C3k with 32 hidden channels (the teacher 64), two shortcut bottlenecks
+    stream = top_channels(gamma(f"{c3k}.cv1") + gamma(f"{c3k}.m.0.cv2") + gamma(f"{c3k}.m.1.cv2"), 32)
+    assert torch.equal(plan[f"{c3k}.cv1.conv.weight"][0], stream)
+    assert torch.equal(plan[f"{c3k}.m.1.cv2.conv.weight"][0], stream)
+    half = top_channels(gamma(f"{c3k}.cv2"), 32)
+    assert torch.equal(plan[f"{c3k}.cv3.conv.weight"][1], torch.cat([stream, 64 + half]))
+    y1 = plan["model.6.cv1.conv.weight"][0][64:] - 128  # C2f hands its block the y1 chunk as a tensor of its own
+    assert torch.equal(plan[f"{c3k}.cv1.conv.weight"][1], y1) and torch.equal(plan[f"{c3k}.cv2.conv.weight"][1], y1)
+    c_t, c_s = 256, 128  # layer 10 (C2PSA): teacher and student halves
+    first = gamma("model.10.cv1")
+    y1 = top_channels(first[c_t:] + gamma("model.10.m.0.attn.proj") + gamma("model.10.m.0.ffn.1"), c_s)
+    assert torch.equal(plan["model.10.cv1.conv.weight"][0], torch.cat([top_channels(first[:c_t], c_s), c_t + y1]))
+    assert torch.equal(plan["model.10.m.0.attn.qkv.conv.weight"][1], y1)
+    assert torch.equal(plan["model.10.cv2.conv.weight"][1], plan["model.10.cv1.conv.weight"][0])  # [y0 | stream]
+    dw, p3 = plan["model.23.cv3.0.0.0.conv.weight"], plan["model.16.cv2.conv.weight"][0]
+    assert list(dw) == [0] and torch.equal(dw[0], p3)  # depthwise: P3's channels, one input each
+    assert torch.equal(plan["model.23.cv3.0.0.1.conv.weight"][1], p3)
+
+
 def test_importance_falls_back_to_even_spacing_where_it_does_not_trace() -> None:
-    chosen = selection(_model("yolo11n.yaml"), _model("yolo11s.yaml"), channels="importance")
-    assert chosen.channels == "even" and "C3k blocks" in chosen.fallback  # yolo11n layer 6
-    chosen = selection(_model("yolov8n.yaml"), _model("yolov8s.yaml"), channels="importance")
-    assert chosen.channels == "importance" and chosen.fallback is None
+    chosen = selection(_model("yolov8n-ghost.yaml"), _model("yolov8s-ghost.yaml"), channels="importance")
+    assert chosen.channels == "even" and chosen.fallback == "layer 1 is a GhostConv"
+    for pair in (("yolov8n", "yolov8s"), ("yolo11n", "yolo11s"), ("yolo26n", "yolo26s")):
+        chosen = selection(*(_model(f"{cfg}.yaml") for cfg in pair), channels="importance")
+        assert chosen.channels == "importance" and chosen.fallback is None, pair
     with pytest.raises(KDConfigError, match="kd_init_channels='random'"):
         load_kd_config(kd_init_channels="random")
 
@@ -162,6 +193,7 @@ def test_selection_is_consistent_through_every_layer(student_cfg: str, teacher_c
     student, teacher = _model(student_cfg), _trained_looking(_model(teacher_cfg, seed=1))
     chosen, s_sd = selection(student, teacher, channels=channels), student.state_dict()
     assert not isinstance(chosen, str), chosen
+    assert chosen.channels == channels, chosen.fallback
     plan = chosen.index
     with torch.no_grad():
         for key, t in teacher.state_dict().items():
@@ -245,6 +277,7 @@ def test_deeper_teacher_selection_is_consistent_through_every_layer(
     student, teacher = _model(student_cfg), _trained_looking(_model(teacher_cfg, seed=1))
     chosen = selection(student, teacher, blocks, channels)
     assert not isinstance(chosen, str), chosen
+    assert chosen.channels == channels, chosen.fallback
     assert chosen.skipped, "a deeper teacher must have blocks no student block inherits"
     t_modules, inherited = dict(teacher.named_modules()), set(chosen.keys.values())
     for name in chosen.skipped:

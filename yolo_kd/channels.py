@@ -8,22 +8,50 @@ importance measure (Liu et al., "Learning Efficient Convolutional Networks throu
 sorted back into their order.
 
 A channel space is every tensor that one choice must index alike: a conv's outputs and the inputs of every conv that
-reads them, through C2f chunks, SPPF pools, upsampling and concatenations. A residual chain (C2f's shortcut
-bottlenecks) is one space for all its blocks, scored by the sum of its producers' scales. This plan covers the
-YOLOv8 layer kinds (Conv, C2f with Bottleneck blocks, SPPF, Upsample, Concat, Detect); other layers (C3k, C2PSA
-attention, depthwise heads) return why, and the caller keeps even spacing.
+reads them, through C2f/C3k2 chunks, SPPF pools, upsampling, concatenations and depthwise convs (whose outputs are
+their inputs). A residual chain (the shortcut bottlenecks of C2f and C3k, C2PSA's attention blocks) is one space for
+all its blocks, scored by the sum of its producers' scales. Attention keeps whole heads, evenly spaced, as weight
+selection does (``head_channels``). This plan covers the YOLOv8, YOLO11 and YOLO26 layer kinds (Conv, C2f/C3k2 with
+Bottleneck, C3k or attention blocks, C2PSA, SPPF, Upsample, Concat, Detect with Conv or depthwise branches, end-to-end
+copies included); other layers (area attention, YOLOv10's blocks) return why, and the caller keeps even spacing.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from ultralytics.nn.modules.block import SPPF, Bottleneck, C2f, C3k2
+from ultralytics.nn.modules.block import C2PSA, SPPF, Attention, Bottleneck, C2f, C3k, C3k2, PSABlock
 from ultralytics.nn.modules.conv import Concat, Conv
 from ultralytics.nn.modules.head import Detect
 
 Plan = dict[str, dict[int, torch.Tensor]]
 """State-dict key -> {dimension: teacher indices} (dimensions not listed keep weight selection's even spacing)."""
+
+
+def evenly_spaced(n_teacher: int, n_student: int) -> torch.Tensor:
+    """Teacher indices for a student dimension: ``floor(i * n_teacher / n_student)`` for ``i < n_student``.
+
+    The same rule on both sides of a layer boundary picks the same channels, so a layer's selected inputs are the
+    previous layer's selected outputs. It also keeps concatenations aligned when every block in them shrinks by the
+    same factor (C2f, SPPF): block ``j`` of the student maps into block ``j`` of the teacher.
+    """
+    return torch.arange(n_student) * n_teacher // n_student
+
+
+def head_channels(s: Attention, t: Attention) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole teacher heads, evenly spaced, each with its own query, key and value channels.
+
+    Ultralytics' ``Attention`` lays ``qkv``'s outputs out head by head as [q | k | v] and reads ``v`` back as
+    ``head * head_dim + j`` channels for ``pe`` and ``proj``; any other choice would mix one head's q with another's k.
+
+    Returns:
+        (qkv rows, v channels): the teacher's ``qkv`` output rows, and the value channels ``pe`` and ``proj`` read.
+    """
+    heads = evenly_spaced(t.num_heads, s.num_heads).tolist()
+    qk, v = evenly_spaced(t.key_dim, s.key_dim), evenly_spaced(t.head_dim, s.head_dim)
+    per_head = 2 * t.key_dim + t.head_dim
+    qkv_rows = torch.cat([h * per_head + torch.cat([qk, t.key_dim + qk, 2 * t.key_dim + v]) for h in heads])
+    return qkv_rows, torch.cat([h * t.head_dim + v for h in heads])
 
 
 def top_channels(scores: torch.Tensor, n: int) -> torch.Tensor:
@@ -38,20 +66,38 @@ def top_channels(scores: torch.Tensor, n: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, n).indices).values
 
 
+def _depthwise(conv: Conv) -> bool:
+    """A depthwise Conv (DWConv): each output channel reads only the input channel of the same index."""
+    c = conv.conv
+    return c.groups == c.in_channels == c.out_channels
+
+
+def _unhandled_block(block: nn.Module) -> str | None:
+    """Why a repeated block is not traced (its kind), or None: Bottleneck, C3k of Bottlenecks, PSABlock, Sequential."""
+    kind = type(block)
+    if kind is nn.Sequential:
+        return next((why for why in map(_unhandled_block, block) if why is not None), None)
+    if kind is Bottleneck:
+        return None if block.cv2.conv.groups == 1 else "grouped Bottleneck"
+    if kind is C3k:
+        return _unhandled_block(block.m)
+    if kind is PSABlock:
+        return None if type(block.attn) is Attention else type(block.attn).__name__
+    return kind.__name__
+
+
 def _unhandled(student: nn.Module) -> str | None:
     """Why the importance plan cannot cover this model (a layer or block kind it does not trace), or None."""
     for i, layer in enumerate(student.model):
         kind = type(layer)
-        if kind in (C2f, C3k2):  # C3k2 with plain bottlenecks runs C2f's forward
-            blocks = {type(b) for b in layer.m}
-            if blocks != {Bottleneck} or any(b.cv2.conv.groups != 1 for b in layer.m):
-                return f"layer {i} ({kind.__name__}) holds {'/'.join(sorted(b.__name__ for b in blocks))} blocks"
+        if kind in (C2f, C3k2, C2PSA):
+            why = next((w for w in map(_unhandled_block, layer.m) if w is not None), None)
+            if why is not None:
+                return f"layer {i} ({kind.__name__}) holds {why} blocks"
         elif kind is Detect:
-            if getattr(layer, "one2one_cv2", None) is not None:
-                return f"layer {i} (Detect) has an end-to-end branch"
-            for seq in (*layer.cv2, *layer.cv3):
-                if [type(m) for m in seq] != [Conv, Conv, nn.Conv2d] or any(m.conv.groups != 1 for m in seq[:2]):
-                    return f"layer {i} (Detect) has branches of other layers than Conv, Conv, Conv2d"
+            for m in (m for _, seq in _branches(layer) for m in seq.modules() if isinstance(m, Conv)):
+                if m.conv.groups != 1 and not _depthwise(m):
+                    return f"layer {i} (Detect) has a grouped conv in a branch"
         elif kind not in (Conv, SPPF, nn.Upsample, Concat) or (kind is Conv and layer.conv.groups != 1):
             return f"layer {i} is a {kind.__name__}"
     return None
@@ -63,7 +109,7 @@ def importance_plan(
     """Teacher indices along every dimension of every conv and normalisation tensor, chosen by importance.
 
     Args:
-        student: The student model (unfused), of the YOLOv8 layer kinds.
+        student: The student model (unfused), of the layer kinds above.
         teacher: The teacher model (unfused) of the same layers, as wide or wider.
         keys: Student state-dict key -> teacher key (a deeper teacher's chosen blocks, ``inherit.selection``).
 
@@ -74,7 +120,7 @@ def importance_plan(
     reason = _unhandled(student)
     if reason is not None:
         return reason
-    planner = _Planner(student.state_dict(), teacher.state_dict(), keys)
+    planner = _Planner(student.state_dict(), teacher.state_dict(), keys, dict(teacher.named_modules()))
     kept: dict[int, torch.Tensor] = {}  # layer -> the teacher output channels kept
     size: dict[int, int] = {}  # layer -> the teacher's output channels
     for i, (layer, t_layer) in enumerate(zip(student.model, teacher.model)):
@@ -83,8 +129,8 @@ def importance_plan(
         name, x = f"model.{i}", kept.get(sources[0])
         if isinstance(layer, Conv):
             kept[i], size[i] = planner.conv(name, x), t_layer.conv.out_channels
-        elif isinstance(layer, C2f):
-            kept[i], size[i] = planner.c2f(name, layer, t_layer.c, x), t_layer.cv2.conv.out_channels
+        elif isinstance(layer, (C2f, C2PSA)):
+            kept[i], size[i] = planner.split(name, layer, t_layer.c, x), t_layer.cv2.conv.out_channels
         elif isinstance(layer, SPPF):
             hidden = planner.conv(f"{name}.cv1", x)
             c_t, pools = t_layer.cv1.conv.out_channels, getattr(layer, "n", 3)
@@ -97,20 +143,24 @@ def importance_plan(
             offsets = [sum(size[f] for f in sources[:q]) for q in range(len(sources))]
             kept[i] = torch.cat([kept[f] + offset for f, offset in zip(sources, offsets)])
             size[i] = sum(size[f] for f in sources)
-        else:  # Detect: per level, box and class branches of Conv, Conv, Conv2d
-            for level, f in enumerate(sources):
-                for branch in ("cv2", "cv3"):
-                    seq = f"{name}.{branch}.{level}"
-                    hidden = planner.conv(f"{seq}.1", planner.conv(f"{seq}.0", kept[f]))
-                    planner.plan[f"{seq}.2.weight"] = {1: hidden}  # its rows: box bins as they are, classes by class
+        else:  # Detect: per level, box and class branches (and their end-to-end copies) ending in a plain Conv2d
+            for branch, seqs in _branches(layer):
+                for level, (f, seq) in enumerate(zip(sources, seqs)):
+                    planner.branch(f"{name}.{branch}.{level}", seq, kept[f])
     return planner.plan, kept
 
 
 class _Planner:
     """Collects the plan: each conv's kept outputs (by the teacher's scales) and inputs (what its input kept)."""
 
-    def __init__(self, s_sd: dict[str, torch.Tensor], t_sd: dict[str, torch.Tensor], keys: dict[str, str]) -> None:
-        self.s_sd, self.t_sd, self.keys = s_sd, t_sd, keys
+    def __init__(
+        self,
+        s_sd: dict[str, torch.Tensor],
+        t_sd: dict[str, torch.Tensor],
+        keys: dict[str, str],
+        t_modules: dict[str, nn.Module],
+    ) -> None:
+        self.s_sd, self.t_sd, self.keys, self.t_modules = s_sd, t_sd, keys, t_modules
         self.plan: Plan = {}
 
     def scale(self, conv: str) -> torch.Tensor:
@@ -120,12 +170,18 @@ class _Planner:
         """
         return self.t_sd[self.keys[f"{conv}.bn.weight"]].detach().abs().float().cpu()
 
+    def teacher(self, name: str) -> nn.Module:
+        """The teacher module that the student's module ``name`` inherits (its chosen block's, if deeper)."""
+        key = next(k for k in self.keys if k.startswith(f"{name}."))
+        return self.t_modules[self.keys[key][: len(self.keys[key]) - len(key) + len(name)]]  # renames keep suffixes
+
     def conv(self, conv: str, inputs: torch.Tensor | None, outputs: torch.Tensor | None = None) -> torch.Tensor:
         """Plan a Conv: its conv weight and normalisation.
 
         Args:
             conv: The student's Conv module name.
-            inputs: The teacher channels its input kept (None for the image: all of them).
+            inputs: The teacher channels its input kept (None for the image, and for a depthwise conv: the weight's
+                input dimension is 1).
             outputs: The teacher channels its output keeps; by default the teacher's most important ones.
 
         Returns:
@@ -138,24 +194,92 @@ class _Planner:
             self.plan[f"{conv}.bn.{p}"] = {0: outputs}
         return outputs
 
-    def c2f(self, name: str, layer: C2f, c_t: int, x: torch.Tensor) -> torch.Tensor:
-        """Plan a C2f: cv1's two chunks, each kept block, and the output conv's chunks; returns its kept outputs.
+    def stream(self, scores: torch.Tensor, chain: list[tuple[str, nn.Module]], n: int) -> torch.Tensor:
+        """The kept channels of a space that ``scores``' producer opens and each leading residual block adds to.
 
-        cv1's outputs are [y0 | y1], ``c`` channels each. A student block inherits the teacher block ``keys`` names
-        for it, so its output chunk sits at ``(2 + k) * c`` in the teacher's output-conv input. With shortcuts, y1
-        and every block output are one residual stream: one choice, scored by cv1's y1 scales plus every kept
-        block's last scales.
+        Args:
+            scores: The opening producer's scales over the space.
+            chain: (name, block) of the blocks that follow it in order; the space runs through the residual ones.
+            n: The student's channels in the space.
         """
-        c_s, blocks = layer.c, range(len(layer.m))
-        # "model.<i>.m.<k>.cv1...": the teacher block that student block j inherits (inherit's depth map)
-        teacher_block = [int(self.keys[f"{name}.m.{j}.cv1.conv.weight"].split(".")[3]) for j in blocks]
-        first, residual = self.scale(f"{name}.cv1"), layer.m[0].add
-        stream = first[c_t:] + sum((self.scale(f"{name}.m.{j}.cv2") for j in blocks if residual), torch.zeros(c_t))
-        y0, y1 = top_channels(first[:c_t], c_s), top_channels(stream, c_s)
+        for name, block in chain:
+            producers = _residual_producers(name, block)
+            if producers is None:
+                break
+            scores = scores + sum(self.scale(p) for p in producers)
+        return top_channels(scores, n)
+
+    def split(self, name: str, layer: C2f | C2PSA, c_t: int, x: torch.Tensor) -> torch.Tensor:
+        """Plan a C2f/C3k2 or C2PSA: cv1's two chunks, each kept block, and the output conv; returns its kept outputs.
+
+        cv1's outputs are [y0 | y1], ``c`` channels each, and the blocks run on y1 one after another. C2f's output
+        conv reads [y0, y1, block 0, block 1, ...]: a student block inherits the teacher block ``keys`` names for it,
+        so its output chunk sits at ``(2 + k) * c`` there. C2PSA's reads [y0, last block]. Through residual blocks,
+        y1 and the blocks' outputs are one stream, scored by cv1's y1 scales plus every kept block's producers.
+        """
+        c_s, blocks = layer.c, [(f"{name}.m.{j}", b) for j, b in enumerate(layer.m)]
+        first = self.scale(f"{name}.cv1")
+        y0, y1 = top_channels(first[:c_t], c_s), self.stream(first[c_t:], blocks, c_s)
         self.conv(f"{name}.cv1", x, torch.cat([y0, c_t + y1]))
         current, chunks = y1, [y0, c_t + y1]
-        for j, k in zip(blocks, teacher_block):
-            hidden = self.conv(f"{name}.m.{j}.cv1", current)
-            current = self.conv(f"{name}.m.{j}.cv2", hidden, outputs=current if residual else None)
+        for block_name, block in blocks:
+            current = self.block(block_name, block, current)
+            # "model.<i>.m.<k>....": the teacher block this student block inherits (inherit's depth map)
+            k = int(next(v for s, v in self.keys.items() if s.startswith(f"{block_name}.")).split(".")[3])
             chunks.append((2 + k) * c_t + current)
+        if isinstance(layer, C2PSA):
+            chunks = [y0, c_t + current]
         return self.conv(f"{name}.cv2", torch.cat(chunks))
+
+    def block(self, name: str, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Plan one repeated block on input channels ``x``; returns its kept outputs (``x`` for a residual one)."""
+        if isinstance(block, nn.Sequential):
+            for j, inner in enumerate(block):
+                x = self.block(f"{name}.{j}", inner, x)
+            return x
+        if isinstance(block, Bottleneck):
+            hidden = self.conv(f"{name}.cv1", x)
+            return self.conv(f"{name}.cv2", hidden, outputs=x if block.add else None)
+        if isinstance(block, C3k):  # cv3 reads [m(cv1(x)) | cv2(x)]; cv1 opens the residual stream of m
+            c_s, c_t = block.cv1.conv.out_channels, self.teacher(f"{name}.cv1").conv.out_channels
+            chain = [(f"{name}.m.{j}", b) for j, b in enumerate(block.m)]
+            stream = self.conv(f"{name}.cv1", x, self.stream(self.scale(f"{name}.cv1"), chain, c_s))
+            stream = self.block(f"{name}.m", block.m, stream)
+            return self.conv(f"{name}.cv3", torch.cat([stream, c_t + self.conv(f"{name}.cv2", x)]))
+        # PSABlock: attention then a two-conv feed-forward, each added to the stream when block.add
+        qkv_rows, values = head_channels(block.attn, self.teacher(f"{name}.attn"))
+        self.conv(f"{name}.attn.qkv", x, qkv_rows)
+        self.conv(f"{name}.attn.pe", None, values)  # depthwise over the values
+        y = self.conv(f"{name}.attn.proj", values, outputs=x if block.add else None)
+        hidden = self.conv(f"{name}.ffn.0", y)
+        return self.conv(f"{name}.ffn.1", hidden, outputs=y if block.add else None)
+
+    def branch(self, name: str, seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """Plan a Detect branch (Convs, depthwise Convs, nested Sequentials, then a Conv2d whose rows stay as they
+        are: box bins, and classes copied by class)."""
+        for j, m in enumerate(seq):
+            if isinstance(m, nn.Sequential):
+                x = self.branch(f"{name}.{j}", m, x)
+            elif isinstance(m, Conv):
+                x = self.conv(f"{name}.{j}", None, x) if _depthwise(m) else self.conv(f"{name}.{j}", x)
+            else:
+                self.plan[f"{name}.{j}.weight"] = {1: x}
+        return x
+
+
+def _branches(head: Detect) -> list[tuple[str, nn.ModuleList]]:
+    """The Detect head's branch lists by name: box and class, and an end-to-end head's one-to-one copies of both."""
+    names = ("cv2", "cv3", "one2one_cv2", "one2one_cv3")
+    return [(n, getattr(head, n)) for n in names if getattr(head, n, None) is not None]
+
+
+def _residual_producers(name: str, block: nn.Module) -> list[str] | None:
+    """The convs whose outputs a block adds to its input (its output is then its input's space), or None."""
+    if isinstance(block, nn.Sequential):
+        parts = [_residual_producers(f"{name}.{j}", b) for j, b in enumerate(block)]
+        return None if any(p is None for p in parts) else [conv for p in parts for conv in p]
+    if isinstance(block, Bottleneck) and block.add:
+        return [f"{name}.cv2"]
+    if isinstance(block, PSABlock) and block.add:
+        return [f"{name}.attn.proj", f"{name}.ffn.1"]
+    return None

@@ -80,8 +80,8 @@ class KDConfig:
     inherit: 'first' (the first N, the paper's layer selection) or 'even' (evenly spaced, the first always kept)."""
     kd_init_channels: str = "importance"
     """With kd_init=teacher and a wider teacher: which of the teacher's channels the student inherits: 'importance'
-    (those with the largest normalisation scale |gamma|, network slimming's measure; YOLOv8 layer kinds, else evenly
-    spaced with a warning) or 'even' (evenly spaced, weight selection's choice)."""
+    (those with the largest normalisation scale |gamma|, network slimming's measure; the YOLOv8, YOLO11 and
+    YOLO26 layer kinds, else evenly spaced with a warning) or 'even' (evenly spaced, weight selection's choice)."""
     kd_class_map: str | dict | None = None
     """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
     matched by name (case, spaces and underscores ignored). Student classes without a teacher class get no logit KD."""
