@@ -15,6 +15,7 @@ from yolo_kd.cli import parse_pairs
 from yolo_kd.config import INIT_CHANNELS, KDConfigError, load_kd_config
 from yolo_kd.inherit import (
     CHANNEL_CHOICES,
+    Selection,
     chosen_blocks,
     class_output_keys,
     evenly_spaced,
@@ -203,24 +204,39 @@ def test_selection_is_consistent_through_every_layer(student_cfg: str, teacher_c
                 dropped[keep] = False
                 t[:, dropped] = 0
     assert inherit_weights(student, teacher, [(0, 0), (1, 1), (2, 2)], channels=channels) is None
-    _assert_layers_match(student, teacher, chosen.outputs)
+    _assert_layers_match(student, teacher, chosen)
 
 
-def _assert_layers_match(student: DetectionModel, teacher: DetectionModel, kept: dict[int, torch.Tensor]) -> None:
-    """Every layer of the student computes the kept channels of the same teacher layer (``kept``, else evenly
-    spaced), and so do the detections."""
+def _assert_layers_match(student: DetectionModel, teacher: DetectionModel, chosen: Selection) -> None:
+    """Every layer of the student computes the kept channels of the same teacher layer (``chosen.outputs``, else
+    evenly spaced), every Detect branch (end-to-end copies too) the channels its last conv reads, and the detections
+    match."""
     outputs: dict[str, dict[str, torch.Tensor]] = {}
     for side, model in (("s", student), ("t", teacher)):
-        for i, layer in enumerate(model.model[:-1]):
+        for i, layer in enumerate(model.model):
             layer.register_forward_hook(lambda m, a, out, i=i, side=side: outputs.setdefault(i, {}).update({side: out}))
+            layer.register_forward_pre_hook(
+                lambda m, a, i=i, side=side: outputs.setdefault(f"{i} in", {}).update({side: a[0]})
+            )
     student.eval(), teacher.eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         s_out, t_out = student(x), teacher(x)
-    for i, pair in outputs.items():
-        s, t = pair["s"], pair["t"]
-        t = t.index_select(1, kept.get(i, evenly_spaced(t.shape[1], s.shape[1])))
+    for i in range(len(student.model) - 1):
+        s, t = outputs[i]["s"], outputs[i]["t"]
+        t = t.index_select(1, chosen.outputs.get(i, evenly_spaced(t.shape[1], s.shape[1])))
         assert torch.allclose(s, t, rtol=1e-3, atol=1e-4), f"layer {i} ({type(student.model[i]).__name__})"
+    # each branch up to its last conv, run directly: the class scores (sigmoid of about -8 at init) and the end-to-end
+    # copies (not in an eval forward's output) would hide a wrong choice from the detections
+    n, (s_head, t_head) = len(student.model) - 1, (student.model[-1], teacher.model[-1])
+    s_in, t_in = outputs[f"{n} in"]["s"], outputs[f"{n} in"]["t"]
+    for name in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+        for level, (s_seq, t_seq) in enumerate(zip(getattr(s_head, name, None) or [], getattr(t_head, name, []))):
+            with torch.no_grad():
+                s, t = s_seq[:-1](s_in[level]), t_seq[:-1](t_in[level])
+            key = f"model.{n}.{name}.{level}.{len(s_seq) - 1}.weight"
+            t = t.index_select(1, chosen.index.get(key, {}).get(1, evenly_spaced(t.shape[1], s.shape[1])))
+            assert torch.allclose(s, t, rtol=1e-3, atol=1e-4), key
     s_out, t_out = (o[0] if isinstance(o, (tuple, list)) else o for o in (s_out, t_out))
     assert torch.allclose(s_out, t_out, rtol=1e-3, atol=1e-3), "detections differ"
 
@@ -245,17 +261,36 @@ def test_unhandled_attention_and_other_reg_max_are_refused() -> None:
     assert reason is not None and "reg_max differs" in reason
 
 
+def _scaled(cfg: str, depth: float, width: float) -> dict:
+    """``cfg`` at other depth and width multiples, its C3k2 layers with plain blocks: a skipped C3k (no shortcut)
+    cannot be made an identity, which the deeper-teacher test needs when it skips blocks between chosen ones."""
+    d = yaml_model_load(cfg)
+    d["scales"] = {d["scale"]: [depth, width, 1024]}
+    for layer in d["backbone"] + d["head"]:
+        if layer[2] == "C3k2" and len(layer[3]) > 1:
+            layer[3][1] = False
+    return d
+
+
 DEEPER_PAIRS = [
     ("yolov8n.yaml", "yolov8m.yaml"),  # C2f: 1-2 bottlenecks against 2-4; widths capped at 768 against 1024
     pytest.param("yolov8n.yaml", "yolov8x.yaml", marks=pytest.mark.slow),  # the mission's pair: 1-2 against 3-6
     pytest.param("yolov8s.yaml", "yolov8l.yaml", marks=pytest.mark.slow),
     # C3k2 with C3k blocks, and a C2PSA chain of 2 attention blocks against 1
     pytest.param("yolo11m.yaml", "yolo11x.yaml", marks=pytest.mark.slow),
+    # 2 blocks against 4, so the even choice renames blocks (m.1 inherits m.2): C3k2, C2PSA's attention chain and,
+    # for yolo26, C3k2's attention blocks and the end-to-end head
+    pytest.param(_scaled("yolo11s.yaml", 1.0, 0.25), _scaled("yolo11s.yaml", 2.0, 0.5), id="yolo11-depth1-depth2"),
+    pytest.param(_scaled("yolo26s.yaml", 1.0, 0.25), _scaled("yolo26s.yaml", 2.0, 0.5), id="yolo26-depth1-depth2"),
 ]
 
 
 def _identity_block(block: torch.nn.Module) -> None:
     """Make a residual block compute the identity, by zeroing the last normalisation of each residual branch."""
+    if isinstance(block, torch.nn.Sequential):  # C3k2's attention blocks: a Bottleneck, then a PSABlock
+        for inner in block:
+            _identity_block(inner)
+        return
     if isinstance(block, PSABlock):
         last = (block.attn.proj.bn, block.ffn[-1].bn)
     else:
@@ -269,7 +304,7 @@ def _identity_block(block: torch.nn.Module) -> None:
 @pytest.mark.parametrize("blocks", ["first", "even"])
 @pytest.mark.parametrize(("student_cfg", "teacher_cfg"), DEEPER_PAIRS)
 def test_deeper_teacher_selection_is_consistent_through_every_layer(
-    student_cfg: str, teacher_cfg: str, blocks: str, channels: str
+    student_cfg: str | dict, teacher_cfg: str | dict, blocks: str, channels: str
 ) -> None:
     """With the teacher's unselected channels zeroed and its skipped blocks made identities, every student layer must
     compute the teacher layer's selected channels: the chosen blocks' weights, their chunks in C2f's output conv and
@@ -297,7 +332,7 @@ def test_deeper_teacher_selection_is_consistent_through_every_layer(
                 dropped[keep] = False
                 t[:, dropped] = 0
     assert inherit_weights(student, teacher, [(0, 0), (1, 1), (2, 2)], blocks=blocks, channels=channels) is None
-    _assert_layers_match(student, teacher, chosen.outputs)
+    _assert_layers_match(student, teacher, chosen)
 
 
 def test_block_choice_by_hand() -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from ultralytics.nn.modules.block import C2PSA, SPPF, Attention, Bottleneck, C2f, C3k, C3k2, PSABlock
-from ultralytics.nn.modules.conv import Concat, Conv
+from ultralytics.nn.modules.conv import Concat, Conv, DWConv
 from ultralytics.nn.modules.head import Detect
 
 Plan = dict[str, dict[int, torch.Tensor]]
@@ -95,9 +95,10 @@ def _unhandled(student: nn.Module) -> str | None:
             if why is not None:
                 return f"layer {i} ({kind.__name__}) holds {why} blocks"
         elif kind is Detect:
-            for m in (m for _, seq in _branches(layer) for m in seq.modules() if isinstance(m, Conv)):
-                if m.conv.groups != 1 and not _depthwise(m):
-                    return f"layer {i} (Detect) has a grouped conv in a branch"
+            for name, branches in _branches(layer):
+                leaves = [_leaves(branch) for branch in branches]
+                if not all(_plain_branch(convs) for convs in leaves):
+                    return f"layer {i} (Detect) has {name} branches of other layers than Conv, DWConv, Conv2d"
         elif kind not in (Conv, SPPF, nn.Upsample, Concat) or (kind is Conv and layer.conv.groups != 1):
             return f"layer {i} is a {kind.__name__}"
     return None
@@ -170,10 +171,14 @@ class _Planner:
         """
         return self.t_sd[self.keys[f"{conv}.bn.weight"]].detach().abs().float().cpu()
 
-    def teacher(self, name: str) -> nn.Module:
-        """The teacher module that the student's module ``name`` inherits (its chosen block's, if deeper)."""
-        key = next(k for k in self.keys if k.startswith(f"{name}."))
-        return self.t_modules[self.keys[key][: len(self.keys[key]) - len(key) + len(name)]]  # renames keep suffixes
+    def teacher_name(self, name: str) -> str:
+        """The teacher module that the student's module ``name`` inherits: its chosen block's, if deeper.
+
+        ``name`` is a repeated block or lies inside one; a deeper teacher's renames replace the block's prefix
+        (``model.10.m.0.`` -> ``model.10.m.1.``) and keep what follows, so any of its keys gives the teacher name.
+        """
+        key = next(k for k in self.s_sd if k.startswith(f"{name}."))
+        return self.keys[key].removesuffix(key[len(name) :])
 
     def conv(self, conv: str, inputs: torch.Tensor | None, outputs: torch.Tensor | None = None) -> torch.Tensor:
         """Plan a Conv: its conv weight and normalisation.
@@ -195,12 +200,15 @@ class _Planner:
         return outputs
 
     def stream(self, scores: torch.Tensor, chain: list[tuple[str, nn.Module]], n: int) -> torch.Tensor:
-        """The kept channels of a space that ``scores``' producer opens and each leading residual block adds to.
+        """The kept channels of a space that one producer opens and each leading residual block adds to.
 
         Args:
             scores: The opening producer's scales over the space.
             chain: (name, block) of the blocks that follow it in order; the space runs through the residual ones.
             n: The student's channels in the space.
+
+        Returns:
+            The ``n`` channels with the largest summed scales.
         """
         for name, block in chain:
             producers = _residual_producers(name, block)
@@ -210,12 +218,21 @@ class _Planner:
         return top_channels(scores, n)
 
     def split(self, name: str, layer: C2f | C2PSA, c_t: int, x: torch.Tensor) -> torch.Tensor:
-        """Plan a C2f/C3k2 or C2PSA: cv1's two chunks, each kept block, and the output conv; returns its kept outputs.
+        """Plan a C2f/C3k2 or C2PSA: cv1's two chunks, each kept block, and the output conv.
 
         cv1's outputs are [y0 | y1], ``c`` channels each, and the blocks run on y1 one after another. C2f's output
         conv reads [y0, y1, block 0, block 1, ...]: a student block inherits the teacher block ``keys`` names for it,
         so its output chunk sits at ``(2 + k) * c`` there. C2PSA's reads [y0, last block]. Through residual blocks,
         y1 and the blocks' outputs are one stream, scored by cv1's y1 scales plus every kept block's producers.
+
+        Args:
+            name: The layer's name (``model.<i>``).
+            layer: The student layer.
+            c_t: The teacher layer's chunk width (its ``c``).
+            x: The teacher channels the layer's input kept.
+
+        Returns:
+            The layer's kept output channels.
         """
         c_s, blocks = layer.c, [(f"{name}.m.{j}", b) for j, b in enumerate(layer.m)]
         first = self.scale(f"{name}.cv1")
@@ -224,15 +241,21 @@ class _Planner:
         current, chunks = y1, [y0, c_t + y1]
         for block_name, block in blocks:
             current = self.block(block_name, block, current)
-            # "model.<i>.m.<k>....": the teacher block this student block inherits (inherit's depth map)
-            k = int(next(v for s, v in self.keys.items() if s.startswith(f"{block_name}.")).split(".")[3])
+            k = int(self.teacher_name(block_name).rsplit(".", 1)[1])  # the teacher block it inherits: model.<i>.m.<k>
             chunks.append((2 + k) * c_t + current)
-        if isinstance(layer, C2PSA):
-            chunks = [y0, c_t + current]
-        return self.conv(f"{name}.cv2", torch.cat(chunks))
+        return self.conv(f"{name}.cv2", torch.cat([y0, c_t + current] if isinstance(layer, C2PSA) else chunks))
 
     def block(self, name: str, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Plan one repeated block on input channels ``x``; returns its kept outputs (``x`` for a residual one)."""
+        """Plan one repeated block: a Bottleneck, a C3k, a PSABlock, or a Sequential of them.
+
+        Args:
+            name: The block's name.
+            block: The student block.
+            x: The teacher channels its input kept.
+
+        Returns:
+            Its kept output channels: ``x`` for a residual block.
+        """
         if isinstance(block, nn.Sequential):
             for j, inner in enumerate(block):
                 x = self.block(f"{name}.{j}", inner, x)
@@ -241,13 +264,13 @@ class _Planner:
             hidden = self.conv(f"{name}.cv1", x)
             return self.conv(f"{name}.cv2", hidden, outputs=x if block.add else None)
         if isinstance(block, C3k):  # cv3 reads [m(cv1(x)) | cv2(x)]; cv1 opens the residual stream of m
-            c_s, c_t = block.cv1.conv.out_channels, self.teacher(f"{name}.cv1").conv.out_channels
+            c_s, c_t = block.cv1.conv.out_channels, self.t_modules[self.teacher_name(f"{name}.cv1")].conv.out_channels
             chain = [(f"{name}.m.{j}", b) for j, b in enumerate(block.m)]
             stream = self.conv(f"{name}.cv1", x, self.stream(self.scale(f"{name}.cv1"), chain, c_s))
             stream = self.block(f"{name}.m", block.m, stream)
             return self.conv(f"{name}.cv3", torch.cat([stream, c_t + self.conv(f"{name}.cv2", x)]))
         # PSABlock: attention then a two-conv feed-forward, each added to the stream when block.add
-        qkv_rows, values = head_channels(block.attn, self.teacher(f"{name}.attn"))
+        qkv_rows, values = head_channels(block.attn, self.t_modules[self.teacher_name(f"{name}.attn")])
         self.conv(f"{name}.attn.qkv", x, qkv_rows)
         self.conv(f"{name}.attn.pe", None, values)  # depthwise over the values
         y = self.conv(f"{name}.attn.proj", values, outputs=x if block.add else None)
@@ -255,16 +278,40 @@ class _Planner:
         return self.conv(f"{name}.ffn.1", hidden, outputs=y if block.add else None)
 
     def branch(self, name: str, seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        """Plan a Detect branch (Convs, depthwise Convs, nested Sequentials, then a Conv2d whose rows stay as they
-        are: box bins, and classes copied by class)."""
+        """Plan a Detect branch: Convs and depthwise Convs (nested Sequentials too), then a plain Conv2d.
+
+        The Conv2d's rows stay as they are (box bins; classes are copied by class): only its inputs are planned.
+
+        Args:
+            name: The branch's name (``model.<i>.cv3.<level>``).
+            seq: The student branch (``_plain_branch`` has checked its layers).
+            x: The teacher channels of the level's input that the student kept.
+
+        Returns:
+            The channels the last Conv2d reads.
+        """
         for j, m in enumerate(seq):
             if isinstance(m, nn.Sequential):
                 x = self.branch(f"{name}.{j}", m, x)
-            elif isinstance(m, Conv):
+            elif isinstance(m, Conv):  # a depthwise conv's outputs are its inputs, one each (its weight has 1 input)
                 x = self.conv(f"{name}.{j}", None, x) if _depthwise(m) else self.conv(f"{name}.{j}", x)
             else:
                 self.plan[f"{name}.{j}.weight"] = {1: x}
         return x
+
+
+def _leaves(module: nn.Module) -> list[nn.Module]:
+    """A branch's layers in order, nested Sequentials opened (a Conv module counts as one layer)."""
+    if isinstance(module, nn.Sequential):
+        return [leaf for child in module for leaf in _leaves(child)]
+    return [module]
+
+
+def _plain_branch(layers: list[nn.Module]) -> bool:
+    """Convs (plain or depthwise) ending in a plain Conv2d: the Detect branches ``_Planner.branch`` plans."""
+    *convs, last = layers
+    plain = type(last) is nn.Conv2d and last.groups == 1
+    return plain and all(type(m) in (Conv, DWConv) and (m.conv.groups == 1 or _depthwise(m)) for m in convs)
 
 
 def _branches(head: Detect) -> list[tuple[str, nn.ModuleList]]:

@@ -13,9 +13,9 @@ block ``first[j] = j`` (``blocks="first"``, the paper's choice) or ``even[j] = f
 blocks differ in kind (yolo11m's C3k blocks where yolo11n has plain bottlenecks) has no such mapping and is refused.
 
 Which channels a narrower student keeps is ``channels``: the teacher's most important ones (``"importance"``, the
-default, see channels.py; the YOLOv8, YOLO11 and YOLO26 layer kinds) or the paper's evenly spaced ones (``"even"``, and every layout
-channels.py does not trace). On a yolov8m teacher the important channels gave a 20-epoch yolov8n about 10 points more
-mAP50-95 than evenly spaced ones (docs/BENCHMARKS.md).
+default, see channels.py; the YOLOv8, YOLO11 and YOLO26 layer kinds) or the paper's evenly spaced ones (``"even"``,
+and every layout channels.py does not trace). On a yolov8m teacher the important channels gave a 20-epoch yolov8n
+about 10 points more mAP50-95 than evenly spaced ones (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -89,8 +89,10 @@ def class_output_keys(model: nn.Module) -> set[str]:
 
 
 def _attention_plan(name: str, s: Attention, t: Attention) -> Plan:
-    """Keep whole heads (``channels.head_channels``); ``proj``'s outputs join the residual stream and keep the even
-    spacing of every other layer."""
+    """Keep whole heads (``channels.head_channels``).
+
+    ``proj``'s outputs join the residual stream and keep the even spacing of every other layer.
+    """
     qkv_rows, v_channels = head_channels(s, t)
     plan: Plan = {f"{name}.proj.conv.weight": {1: v_channels}}  # proj's outputs (and its BN): even spacing
     for conv, rows in (("qkv", qkv_rows), ("pe", v_channels)):  # output rows of the conv and of its BN
