@@ -286,8 +286,9 @@ def last_quarter_rise(run: Path) -> str | None:
     """A run's mAP50-95 rise over the last quarter of its epochs, from its results.csv (None without one).
 
     Two figures: between single epochs (the value a quarter of the epochs before the end, and the last), and between
-    the means of a twentieth of the epochs ending at those two points. One epoch's validation moves by about half a
-    point from the next at a plateau, as much as the criterion allows, so the means say more on long schedules.
+    the means of a twentieth of the epochs ending at those two points. One epoch's validation differs from the next
+    by 0.2-0.25 points on average at 600 epochs (docs/BENCHMARKS.md), and the criterion is 0.5 points between two
+    single epochs, so the means say more on long schedules.
     """
     if not (run / "results.csv").is_file():
         return None
