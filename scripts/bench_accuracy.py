@@ -422,7 +422,7 @@ def main() -> None:
     if args.student_pt is not None and args.regime != "finetune":
         raise SystemExit("--pretrained-student: only the finetune regime starts from a pretrained student")
 
-    project = Path(args.project)
+    project = Path(args.project).resolve()  # a relative project would land under Ultralytics' runs_dir/detect
     # the first round's set keeps its committed name; other sizes get their own folder (make_dataset never replaces)
     sized = (args.n_train, args.n_val, args.imgsz) != (400, 100, 160)
     name = f"kdshapes_{args.n_train}_{args.n_val}_{args.imgsz}" if sized else "kdshapes"

@@ -88,6 +88,19 @@ def test_a_killed_stage_is_resumed_to_the_end(tmp_path: Path) -> None:
     assert len((tmp_path / "runs" / "stage" / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
 
+@pytest.mark.slow
+def test_a_relative_project_holds_the_run_it_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ultralytics puts a relative project under its own runs_dir; the stage must land where it is looked for."""
+    from yolo_kd.dataset import make_dataset
+
+    data = str(make_dataset(tmp_path, "tiny", n_train=8, n_val=4, imgsz=32, seed=0))
+    monkeypatch.chdir(tmp_path)
+    settings = dict(project="runs", data=data, epochs=1, imgsz=32, batch=4, seed=0, workers=0, plots=False)
+    best, how = train_or_reuse("yolov8n.yaml", "stage", "stage", **settings, device="cpu")
+    assert (Path(best), how) == (tmp_path / "runs" / "stage" / "weights" / "best.pt", "trained")
+    assert train_or_reuse("yolov8n.yaml", "stage", "stage", **settings, device="cpu") == (best, "reused")
+
+
 def test_content_key_changes_with_settings_and_parent_bytes(tmp_path: Path) -> None:
     parent = tmp_path / "parent.pt"
     parent.write_bytes(b"one")

@@ -114,7 +114,9 @@ def train_or_reuse(model: str, name: str, what: str, resume: bool = False, **tra
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER
 
-    project = Path(train_args["project"])
+    # Ultralytics puts a relative project under its runs_dir setting (runs/detect/...): resolve it here, so the run
+    # lands where this function then looks for it
+    project = Path(train_args["project"]).resolve()
     want = {"model": model, **{k: train_args[k] for k in CHECKED}}
     folder, k = name, 1
     while (project / folder).exists():
