@@ -7,6 +7,8 @@
 #
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ultralytics==8.4.190 ultralytics-thop
 #   bash scripts/gpu_lanes.sh EPOCHS DEADLINE_SECONDS      # results in $OUT (table.md, accuracy_results.jsonl, runs.tgz)
+#   TEACHER_MODEL=yolov8x.yaml bash scripts/gpu_lanes.sh ...   # the mission's own pair: trains a yolov8x teacher first
+#                                                               # unless one is carried (TEACHER_EPOCHS, default 150)
 #
 # Schedule: 60 epochs is early training here (a 120-epoch baseline still rises 3.9 points over its last quarter,
 # docs/BENCHMARKS.md); for the plateau give EPOCHS of 300 or more, and a teacher trained longer than the 50-epoch one
@@ -14,15 +16,16 @@
 # Lanes: the users' regime (finetune: baseline, native, default on 3 seeds; three default variants on 2) and, beside
 # it, the deeper-teacher init from scratch at 20 epochs (issue 14, target 3: kd_init_blocks first against even).
 epochs=${1:-60}; deadline=${2:-500}; device=${DEVICE:-0}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+tmodel=${TEACHER_MODEL:-yolov8m.yaml}; tepochs=${TEACHER_EPOCHS:-150}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD YOLO_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi -L; nproc
 python3 -c "import torch, ultralytics; print(torch.__version__, ultralytics.__version__, torch.cuda.is_available())"
 W=/tmp/w; mkdir -p $W
 T=$(ls gpu_carry/teacher_*/weights/best.pt 2>/dev/null); S=$(ls gpu_carry/pretrain_yolov8n_*/weights/best.pt 2>/dev/null)
-if [ -z "$T" ] || [ -z "$S" ]; then  # nothing carried: train the 150-epoch teacher and the pretrained student here
-  python3 scripts/bench_accuracy.py --prepare-only --methods baseline --regime finetune --teacher-model yolov8m.yaml \
-    --imgsz 128 --epochs "$epochs" --teacher-epochs 150 --source-epochs 20 --teacher-source-epochs 30 \
+if [ -z "$T" ] || [ -z "$S" ]; then  # nothing carried: train the teacher (150 epochs) and the pretrained student here
+  python3 scripts/bench_accuracy.py --prepare-only --methods baseline --regime finetune --teacher-model "$tmodel" \
+    --imgsz 128 --epochs "$epochs" --teacher-epochs "$tepochs" --source-epochs 20 --teacher-source-epochs 30 \
     --source-n-train 400 --device "$device" --project $W/bench --data-root $W/data > "$OUT/prepare.log" 2>&1 || exit 1
   T=$(ls $W/bench/finetune/teacher_best_*/weights/best.pt); S=$(ls $W/bench/finetune/pretrain_yolov8n_*/weights/best.pt)
 fi
