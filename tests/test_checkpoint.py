@@ -17,6 +17,7 @@ from yolo_kd.checkpoint import (
     load_connector_state,
     periodic_copy,
     read_kd_record,
+    restore_connectors,
     resume_record,
     scratch_paths,
     trim_results_csv,
@@ -172,3 +173,19 @@ def test_periodic_copy_only_on_save_period_epochs() -> None:
     wdir = Path("w")
     assert [periodic_copy(wdir, e, 2) for e in range(4)] == [wdir / "epoch0.pt", None, wdir / "epoch2.pt", None]
     assert periodic_copy(wdir, 0, -1) is None and periodic_copy(wdir, 4, 0) is None  # Ultralytics' "off"
+
+
+def test_restore_connectors_loads_the_recorded_state_and_leaves_them_without_one(tmp_path: Path) -> None:
+    cfg = load_kd_config("full")
+    trained, fresh = Distiller([4, 8], [8, 16], cfg), Distiller([4, 8], [8, 16], cfg)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)
+    with_state, without = tmp_path / "with.pt", tmp_path / "without.pt"
+    atomic_save({"kd": kd_record(cfg, "/t.pt", "abc", connector_state(trained))}, with_state)
+    atomic_save({"kd": kd_record(cfg, "/t.pt", "abc")}, without)
+    before = connector_state(fresh)
+    restore_connectors(fresh, without)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in before.items())
+    restore_connectors(fresh, with_state)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in trained.state_dict().items())

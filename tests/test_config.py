@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from ultralytics.cfg import DEFAULT_CFG_DICT
 
@@ -106,3 +107,20 @@ def test_presets_ship_inside_the_package_and_the_user_facing_copies_are_equal() 
     shipped = {p.name: p.read_text() for p in PRESET_DIR.glob("*.yaml")}
     copies = {p.name: p.read_text() for p in (Path(__file__).resolve().parents[1] / "configs" / "kd").glob("*.yaml")}
     assert shipped and shipped == copies
+
+
+def test_settings_ride_in_args_and_args_yaml_is_rewritten_whole(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from yolo_kd.settings import RunSettings, record_in_args
+
+    (tmp_path / "args.yaml").write_text("epochs: 3\n")  # Ultralytics' own, without the KD keys
+    args = SimpleNamespace(epochs=3)
+    settings = RunSettings(load_kd_config("full"), "/abs/teacher.pt", "abc", torch.nn.Identity())
+    record_in_args(args, settings, tmp_path, write=False)
+    assert (tmp_path / "args.yaml").read_text() == "epochs: 3\n"  # a DDP worker writes nothing
+    assert args.teacher == "/abs/teacher.pt" and args.kd_feat == load_kd_config("full").kd_feat
+    record_in_args(args, settings, tmp_path, write=True)
+    written = yaml.safe_load((tmp_path / "args.yaml").read_text())
+    assert written["epochs"] == 3 and written["teacher"] == "/abs/teacher.pt" and written["kd_cls"] == args.kd_cls
+    assert [p.name for p in tmp_path.iterdir()] == ["args.yaml"]

@@ -9,6 +9,7 @@ import torch
 
 from yolo_kd.config import KDConfig
 from yolo_kd.criterion import KDLoss, guard_non_finite
+from yolo_kd.distiller import Distiller, add_connector_group
 
 
 def _loss(unlabeled: set[str] | None = None, **kd: float) -> KDLoss:
@@ -96,3 +97,17 @@ def test_cross_head_outputs_are_class_matched_and_take_the_trainers_precision() 
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         low = teacher.head_outputs([f.bfloat16() for f in out["feats"]])
     assert low["scores"].dtype == torch.float32 and torch.allclose(low["scores"], out["scores"], atol=0.1)
+
+
+def test_connectors_get_their_own_group_without_decay_at_lr0() -> None:
+    student = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD([{"params": student.parameters(), "lr": 0.03, "weight_decay": 5e-4}], lr=0.03)
+    distiller = Distiller([4, 8], [8, 16], KDConfig(kd_feat=1.0))
+    add_connector_group(optimizer, distiller, lr=0.01)
+    kd = optimizer.param_groups[-1]
+    assert len(optimizer.param_groups) == 2 and kd["param_group"] == "kd"
+    assert kd["lr"] == 0.01 and kd["weight_decay"] == 0.0 and kd["momentum"] == optimizer.param_groups[0]["momentum"]
+    assert {id(p) for p in kd["params"]} == {id(p) for p in distiller.parameters()}
+    add_connector_group(optimizer, None, lr=0.01)  # no distiller, no group
+    add_connector_group(optimizer, Distiller([4, 8], [8, 16], KDConfig(kd_feat=0.0)), lr=0.01)  # no connectors
+    assert len(optimizer.param_groups) == 2

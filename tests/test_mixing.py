@@ -8,7 +8,15 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 
-from yolo_kd.mixing import labeled_images, mixed_image_list, sample_mixing, write_image_list, write_mixed_list
+from yolo_kd.config import KDConfig
+from yolo_kd.mixing import (
+    labeled_images,
+    mixed_image_list,
+    sample_mixing,
+    unlabeled_training_list,
+    write_image_list,
+    write_mixed_list,
+)
 
 
 def _images(folder: Path, n: int) -> list[str]:
@@ -56,3 +64,13 @@ def test_sample_mixing_stops_when_ultralytics_closes_mosaic() -> None:
     assert sample_mixing(SimpleNamespace(mosaic=1.0, close_mosaic=10), 0, 3) == []  # closed from the first epoch
     assert sample_mixing(SimpleNamespace(mosaic=1.0, close_mosaic=0), 9, 10) == ["mosaic"]  # never closed
     assert sample_mixing(SimpleNamespace(mosaic=0.0, close_mosaic=0), 0, 10) == []
+
+
+def test_unlabeled_training_list_is_written_in_the_run_folder(tmp_path: Path) -> None:
+    labeled = _images(tmp_path / "lab", 4)
+    unlabeled = _images(tmp_path / "unl", 2)
+    cfg = KDConfig(unlabeled=str(tmp_path / "unl"), unlabeled_ratio=0.5)
+    args = SimpleNamespace(seed=0, mosaic=1.0, mixup=0.0, cutmix=0.0, close_mosaic=0)
+    path, files = unlabeled_training_list(str(tmp_path / "lab"), cfg, args, 3, tmp_path)
+    assert path == tmp_path / "train_with_unlabeled.txt" and files == set(unlabeled)
+    assert path.read_text().splitlines() == labeled + mixed_image_list(labeled, tmp_path / "unl", 0.5, 0)[0][4:]

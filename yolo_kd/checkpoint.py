@@ -125,6 +125,18 @@ def load_connector_state(module: torch.nn.Module, state: dict[str, torch.Tensor]
     module.load_state_dict(renamed)
 
 
+def restore_connectors(module: torch.nn.Module, path: Path) -> None:
+    """Load the connector state a ``last.pt`` records into the distiller (after Ultralytics restored the student).
+
+    Args:
+        module: The distiller.
+        path: The checkpoint; one without a recorded state leaves the connectors as they are.
+    """
+    state = (read_kd_record(path) or {}).get("state")
+    if state:
+        load_connector_state(module, state)
+
+
 def resume_record(resume: Any) -> dict[str, Any] | None:
     """The KD record a resumed run continues from.
 

@@ -139,3 +139,18 @@ class Distiller(nn.Module):
         if len(self.generators):
             mapped = [gen(m) for gen, m in zip(self.generators, mapped)]
         return torch.stack([self.feature(m, t) for m, t in zip(mapped, teacher)]).mean()
+
+
+def add_connector_group(optimizer: torch.optim.Optimizer, distiller: Distiller | None, lr: float) -> None:
+    """Give the connectors their own optimizer group: no weight decay, otherwise scheduled like group 0.
+
+    Args:
+        optimizer: Ultralytics' optimizer for the student, changed in place.
+        distiller: The distiller; nothing is added without it or without trainable parameters.
+        lr: The initial learning rate (Ultralytics' ``lr0``). Not group 0's: MuSGD boosts some groups (3x lr),
+            which the connectors must not inherit.
+    """
+    params = [p for p in distiller.parameters() if p.requires_grad] if distiller is not None else []
+    if params:
+        base = {k: v for k, v in optimizer.param_groups[0].items() if k not in {"params", "param_group"}}
+        optimizer.add_param_group({**base, "params": params, "weight_decay": 0.0, "param_group": "kd", "lr": lr})

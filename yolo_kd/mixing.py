@@ -1,4 +1,5 @@
-"""Labeled and unlabeled images in one training set, and when sample mixing is on: pure functions."""
+"""Labeled and unlabeled images in one training set (the list file ``unlabeled=`` trains on), and when sample mixing
+is on."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from .dataset import image_files
 from .files import write_text_atomic
+from .report import log_mixed_list
 
 MIXING_AUGMENTATIONS = ("mosaic", "mixup", "cutmix")  # Ultralytics' augmentations that put several images in a sample
 
@@ -88,6 +90,27 @@ def write_mixed_list(
     images, unlabeled = mixed_image_list(labeled, unlabeled_dir, ratio, seed)
     write_image_list(images, path)
     return len(labeled), len(images) - len(labeled), unlabeled
+
+
+def unlabeled_training_list(
+    img_path: str | Path | list[str | Path], cfg: Any, args: Any, epochs: int, save_dir: Path
+) -> tuple[Path, set[str]]:
+    """Write the run's training list with ``unlabeled=`` mixed in, and say in the log what it holds.
+
+    Args:
+        img_path: The training split, as Ultralytics passes it to ``build_dataset``.
+        cfg: The KD settings (``unlabeled``, ``unlabeled_ratio``).
+        args: Ultralytics' train args (``seed`` and the sample-mixing augmentations).
+        epochs: Epochs in the run.
+        save_dir: The run folder, where the list is written.
+
+    Returns:
+        The list file and the set of every unlabeled file.
+    """
+    path = save_dir / "train_with_unlabeled.txt"
+    n_labeled, n_slots, unlabeled = write_mixed_list(img_path, cfg.unlabeled, cfg.unlabeled_ratio, args.seed, path)
+    log_mixed_list(n_labeled, n_slots, len(unlabeled), cfg.unlabeled_ratio, path, sample_mixing(args, 0, epochs))
+    return path, unlabeled
 
 
 def sample_mixing(args: Any, epoch: int, epochs: int) -> list[str]:

@@ -8,8 +8,10 @@ from typing import Any
 
 from torch import nn
 
+from . import checkpoint, qat
 from .classes import class_pairs, name_list
 from .config import KDConfig, KDConfigError, kd_keys, load_kd_config, load_recorded_config
+from .files import atomic_path
 from .teacher import file_sha256, load_teacher_model
 from .vocabulary import is_open_vocabulary, open_vocabulary_teacher
 
@@ -33,6 +35,49 @@ class RunSettings:
     teacher_sha256: str
     teacher_model: nn.Module
     state: dict[str, Any] | None = None
+
+
+def settle(overrides: dict[str, Any]) -> RunSettings:
+    """A run's KD settings, before Ultralytics builds anything: from the checkpoint on resume, else the arguments.
+
+    Args:
+        overrides: The trainer's overrides; the KD keys are taken out in place (``pop_kd_args``).
+
+    Returns:
+        The settings.
+
+    Raises:
+        KDConfigError: Bad KD input, or ``quantize=8`` without its extra installed.
+    """
+    if qat.quantize_value(overrides.get("quantize")) == 8:
+        qat.check_installed("quantize=8")
+    kd_args = pop_kd_args(overrides)
+    record = checkpoint.resume_record(overrides.get("resume"))
+    if record is not None:
+        return settings_from_checkpoint(record, kd_args)
+    return settings_from_arguments(kd_args, overrides)
+
+
+def record_in_args(args: Any, settings: RunSettings, save_dir: Path, write: bool) -> None:
+    """Put the KD settings into Ultralytics' train args, and rewrite the run's ``args.yaml`` with them.
+
+    They ride along in args because Ultralytics' multi-GPU launch rebuilds the trainer in each worker from
+    ``vars(args)`` alone, and ``args.yaml`` should say how the run was made. Checkpoints get them stripped
+    (``checkpoint.complete_checkpoints``).
+
+    Args:
+        args: Ultralytics' train args (a namespace), changed in place.
+        settings: The run's settings.
+        save_dir: The run folder, whose ``args.yaml`` Ultralytics has written without the KD keys.
+        write: Whether this process writes files (the main process).
+    """
+    from ultralytics.utils import YAML
+
+    for key, value in {"teacher": settings.teacher_path, **settings.cfg.to_dict()}.items():
+        setattr(args, key, value)
+    if write:
+        with atomic_path(save_dir / "args.yaml") as tmp:
+            YAML.save(tmp, vars(args))
 
 
 def pop_kd_args(overrides: dict[str, Any]) -> dict[str, Any]:

@@ -13,18 +13,17 @@ from torch import nn
 from torch.utils.data import Dataset
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils import DEFAULT_CFG, RANK, YAML
+from ultralytics.utils import DEFAULT_CFG, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from . import checkpoint, compat, qat, report
+from . import checkpoint, compat, report
 from .classes import name_list
 from .config import kd_keys
 from .criterion import KDLoss, build_kd
-from .distiller import Distiller
-from .files import atomic_path
+from .distiller import Distiller, add_connector_group
 from .inherit import init_student
-from .mixing import sample_mixing, write_mixed_list
-from .settings import pop_kd_args, settings_from_arguments, settings_from_checkpoint
+from .mixing import sample_mixing, unlabeled_training_list
+from .settings import record_in_args, settle
 from .teacher import FrozenTeacher
 
 __all__ = ["KDDetectionTrainer"]
@@ -66,12 +65,7 @@ class KDDetectionTrainer(DetectionTrainer):
             _callbacks: Ultralytics' callbacks.
         """
         overrides = dict(overrides or {})
-        if qat.quantize_value(overrides.get("quantize")) == 8:
-            qat.check_installed("quantize=8")
-        kd_args = pop_kd_args(overrides)
-        record = checkpoint.resume_record(overrides.get("resume"))
-        resumed = record is not None
-        settings = settings_from_checkpoint(record, kd_args) if resumed else settings_from_arguments(kd_args, overrides)
+        settings = settle(overrides)  # takes the KD keys out of overrides
         self.kd_cfg, self.teacher_path = settings.cfg, settings.teacher_path
         self.teacher_sha256, self._resume_state = settings.teacher_sha256, settings.state
         self._teacher_model = settings.teacher_model
@@ -90,13 +84,7 @@ class KDDetectionTrainer(DetectionTrainer):
             },
         )
         self.world_size = compat.torchrun_world_size(self.world_size)
-        # The KD settings ride along in args: Ultralytics' multi-GPU launch rebuilds this trainer in each worker from
-        # vars(args) alone, and args.yaml should say how the run was made. Checkpoints get them stripped (save_model).
-        for key, value in {"teacher": self.teacher_path, **self.kd_cfg.to_dict()}.items():
-            setattr(self.args, key, value)
-        if RANK in {-1, 0}:
-            with atomic_path(self.save_dir / "args.yaml") as tmp:
-                YAML.save(tmp, vars(self.args))
+        record_in_args(self.args, settings, self.save_dir, write=RANK in {-1, 0})
 
     def get_validator(self) -> DetectionValidator:
         """Ultralytics' validator; it re-parses args with get_cfg, which must not see the KD keys.
@@ -173,13 +161,7 @@ class KDDetectionTrainer(DetectionTrainer):
             The optimizer.
         """
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        params = [p for p in self.distiller.parameters() if p.requires_grad] if self.distiller is not None else []
-        if params:
-            base = {k: v for k, v in optimizer.param_groups[0].items() if k not in {"params", "param_group"}}
-            # lr0, not group 0's lr: MuSGD boosts some groups (3x lr), which the connectors must not inherit
-            optimizer.add_param_group(
-                {**base, "params": params, "weight_decay": 0.0, "param_group": "kd", "lr": self.args.lr0}
-            )
+        add_connector_group(optimizer, self.distiller, self.args.lr0)
         return optimizer
 
     def _setup_train(self) -> None:
@@ -224,12 +206,9 @@ class KDDetectionTrainer(DetectionTrainer):
             The dataset.
         """
         if mode == "train" and self.kd_cfg.unlabeled:
-            mixed, ratio = self.save_dir / "train_with_unlabeled.txt", self.kd_cfg.unlabeled_ratio
-            n_labeled, n_slots, self.unlabeled_files = write_mixed_list(
-                img_path, self.kd_cfg.unlabeled, ratio, self.args.seed, mixed
+            mixed, self.unlabeled_files = unlabeled_training_list(
+                img_path, self.kd_cfg, self.args, self.epochs, self.save_dir
             )
-            mixing = sample_mixing(self.args, 0, self.epochs)
-            report.log_mixed_list(n_labeled, n_slots, len(self.unlabeled_files), ratio, mixed, mixing)
             with compat.label_cache_at(mixed.with_suffix(".cache")):  # not the dataset's own cache
                 return super().build_dataset(str(mixed), mode, batch)
         return super().build_dataset(img_path, mode, batch)
@@ -273,9 +252,8 @@ class KDDetectionTrainer(DetectionTrainer):
         """
         with compat.criterion_detached(unwrap_model(self.model)):  # its EMA is rebuilt as a deep copy of the student
             recovered = super()._handle_nan_recovery(epoch)
-        record = (checkpoint.read_kd_record(self.last) or {}) if recovered and self.distiller is not None else {}
-        if record.get("state"):
-            checkpoint.load_connector_state(self.distiller, record["state"])
+        if recovered and self.distiller is not None:
+            checkpoint.restore_connectors(self.distiller, self.last)
         return recovered
 
     def _model_train(self) -> None:
