@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .config import KDConfig
 from .dataset import image_files
 from .files import write_text_atomic
 from .report import log_mixed_list
@@ -93,7 +94,7 @@ def write_mixed_list(
 
 
 def unlabeled_training_list(
-    img_path: str | Path | list[str | Path], cfg: Any, args: Any, epochs: int, save_dir: Path
+    img_path: str | Path | list[str | Path], cfg: KDConfig, args: Any, epochs: int, save_dir: Path
 ) -> tuple[Path, set[str]]:
     """Write the run's training list with ``unlabeled=`` mixed in, and say in the log what it holds.
 
