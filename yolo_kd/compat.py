@@ -169,6 +169,21 @@ def broadcast_from_rank0(module: torch.nn.Module) -> None:
         torch.distributed.broadcast(tensor, src=0)
 
 
+def broadcast_float(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank (a number only rank 0 can compute, such as one read off its validation).
+
+    Args:
+        value: This rank's value (ignored on ranks other than 0).
+        device: This rank's device (NCCL broadcasts CUDA tensors).
+
+    Returns:
+        Rank 0's value.
+    """
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(t, src=0)
+    return float(t.item())
+
+
 @contextmanager
 def guided_assignment(
     loss: Any, teacher: tuple[torch.Tensor, torch.Tensor], share: float | torch.Tensor

@@ -64,6 +64,12 @@ class KDConfig:
     between (like Ultralytics' ``lrf``); 0.0 (the default) hands the last epochs to the ground truth alone, 1.0 keeps
     them constant. Fading them out kept the distilled student rising where constant gains let the baseline catch up
     (docs/BENCHMARKS.md)."""
+    kd_lead: float = 0.0
+    """KD gains that follow the teacher's measured lead: the teacher is validated once before training (the student's
+    validation set and classes), and each epoch every KD gain (and the teacher's share in label assignment) is scaled
+    by min(1, max(0, (teacher - student) / kd_lead)), the student's score being its best validation mAP50-95 so far:
+    whole while the teacher leads by kd_lead or more, zero once the student has caught up. 0 switches it off. Needs
+    Ultralytics' per-epoch validation (``val=True``, its default)."""
     kd_weight_power: float = 1.0
     """Anchor weight = teacher confidence ** power (0 weighs every anchor alike)."""
     kd_assign: float = 1.0
@@ -141,6 +147,8 @@ class KDConfig:
             raise KDConfigError(f"kd_assign={self.kd_assign} must be in [0, 1]")
         if not 0.0 <= self.kd_final <= 1.0:
             raise KDConfigError(f"kd_final={self.kd_final} must be in [0, 1]")
+        if not 0.0 <= self.kd_lead <= 1.0:
+            raise KDConfigError(f"kd_lead={self.kd_lead} must be in [0, 1] (a lead in mAP50-95, e.g. 0.02)")
         if not 0.0 <= self.kd_mgd_mask < 1.0:
             raise KDConfigError(f"kd_mgd_mask={self.kd_mgd_mask} must be in [0, 1)")
         if isinstance(self.kd_class_map, (str, Path)):

@@ -170,7 +170,7 @@ class KDLoss:
             if self.dense is None:
                 raise KDConfigError(f"kd_assign: {type(base).__name__} has no task-aligned assigner to guide")
 
-    def set_epoch(self, epoch: int, epochs: int, mixing: bool = False) -> None:
+    def set_epoch(self, epoch: int, epochs: int, mixing: bool = False, lead: float = 1.0) -> None:
         """Set every quantity that follows the epoch: the KD gains' share and who gets pseudo-labels.
 
         Args:
@@ -179,8 +179,9 @@ class KDLoss:
                 first epoch to ``kd_final`` at the last.
             mixing: Whether mosaic/mixup/cutmix run in this epoch: a mixed sample may hold unlabeled tiles under a
                 labeled lead image, so every sample gets pseudo-labels then.
+            lead: The share the teacher's lead earns (``kd_lead``, see lead.py), multiplying the schedule's.
         """
-        self.schedule = 1.0 + (self.cfg.kd_final - 1.0) * epoch / max(epochs - 1, 1)
+        self.schedule = (1.0 + (self.cfg.kd_final - 1.0) * epoch / max(epochs - 1, 1)) * lead
         self.pseudo_every_sample = bool(mixing and self.unlabeled_files)
 
     def pop_dropped_steps(self) -> int:

@@ -89,6 +89,37 @@ def log_setup(
         LOGGER.warning(f"{PREFIX} box-distribution KD is off: {box_off}")
 
 
+def log_teacher_fitness(fitness: float, margin: float, seconds: float) -> None:
+    """Log the teacher's validation score, which ``kd_lead`` holds the student's against.
+
+    Args:
+        fitness: The teacher's validation fitness (mAP50-95).
+        margin: ``kd_lead``.
+        seconds: How long the validation took.
+    """
+    if _main_process():
+        LOGGER.info(
+            f"{PREFIX} teacher on the validation set: mAP50-95 {fitness:.4f} ({seconds:.1f}s); the KD gains follow "
+            f"its lead over the student's best, whole from a lead of {margin} (kd_lead)"
+        )
+
+
+def log_lead(epoch: int, share: float, teacher: float, student: float) -> None:
+    """Log a new share of the KD gains under ``kd_lead``.
+
+    Args:
+        epoch: The epoch about to run, from 1.
+        share: The share of the KD gains.
+        teacher: The teacher's validation fitness.
+        student: The student's best validation fitness so far.
+    """
+    if _main_process():
+        LOGGER.info(
+            f"{PREFIX} epoch {epoch}: teacher {teacher:.4f}, student's best {student:.4f}: "
+            f"KD gains x{share:.2f} (kd_lead)"
+        )
+
+
 def log_mixed_list(n_labeled: int, n_slots: int, n_unlabeled: int, ratio: float, path: Path, mixing: list[str]) -> None:
     """Log the mixed labeled/unlabeled training list, and that mixed samples are all pseudo-labeled.
 

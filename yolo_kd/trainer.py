@@ -22,6 +22,7 @@ from .config import kd_keys
 from .criterion import KDLoss, build_kd
 from .distiller import Distiller, add_connector_group
 from .inherit import init_student
+from .lead import LeadGate, measure_lead
 from .mixing import sample_mixing, unlabeled_training_list
 from .settings import record_in_args, settle
 from .teacher import FrozenTeacher
@@ -75,6 +76,7 @@ class KDDetectionTrainer(DetectionTrainer):
         self._class_map: list[tuple[int, int]] | None = None
         self.unlabeled_files: set[str] = set()
         self.student_init = "an unknown init"  # set by get_model (under DDP it runs in the workers only)
+        self._lead = LeadGate(None, self.kd_cfg.kd_lead)  # measured in _setup_train when kd_lead is on
         super().__init__(cfg, overrides, _callbacks)
         compat.add_callbacks_once(
             self,
@@ -178,6 +180,11 @@ class KDDetectionTrainer(DetectionTrainer):
         model.criterion = KDLoss(
             base, self.teacher, self.distiller, self.kd_cfg, reg_max, self._class_map, self.unlabeled_files
         )
+        if self.kd_cfg.kd_lead > 0:  # the teacher's score on the student's validation set, once (see lead.py)
+            names = dict(enumerate(name_list(self.data["names"])))
+            self._lead = measure_lead(
+                self.teacher, self.get_validator(), self.data, self.class_pairs, names, self.kd_cfg.kd_lead
+            )
 
     def preprocess_batch(self, batch: dict) -> dict:
         """Ultralytics' preprocessing, then the teacher's pass on the final images (see ``KDLoss.prefetch``).
@@ -223,11 +230,14 @@ class KDDetectionTrainer(DetectionTrainer):
         return criterion if isinstance(criterion, KDLoss) else None
 
     def _set_kd_epoch(self) -> None:
-        """Callback at each epoch's start: the one place the KD criterion learns the epoch (``KDLoss.set_epoch``)."""
+        """Callback at each epoch's start: the one place the KD criterion learns the epoch and the teacher's lead."""
         criterion = self._kd_loss()
         if criterion is not None:
             mixing = bool(sample_mixing(self.args, self.epoch, self.epochs))
-            criterion.set_epoch(self.epoch, self.epochs, mixing)
+            lead = self._lead.share(self.epoch, self.best_fitness)
+            if self.kd_cfg.kd_lead > 0 and self.world_size > 1 and torch.distributed.is_initialized():
+                lead = compat.broadcast_float(lead, self.device)  # only rank 0 knows the student's best
+            criterion.set_epoch(self.epoch, self.epochs, mixing, lead)
 
     def _report_dropped_kd(self) -> None:
         """Callback at each epoch's end: warn about steps whose KD terms were dropped as non-finite."""

@@ -1,0 +1,163 @@
+"""The teacher's measured lead over the student, and the KD gains that follow it (``kd_lead``).
+
+A teacher teaches only while it is better than its student. From scratch with the teacher init, a student can pass
+its teacher within the run (measured in docs/BENCHMARKS.md: 64 px, 200 epochs, the student passes a 0.154 teacher near
+epoch 100 and the KD terms then hold it near the teacher's level). So the teacher is validated once, before training,
+on the student's validation set with the student's classes, and each epoch the KD gains are scaled by the teacher's
+lead over the best validation score the student has reached so far: full gains while the teacher leads by at least
+``kd_lead``, none once the student has caught up, linear in between.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.utils import RANK
+
+from . import report
+from .teacher import FrozenTeacher
+
+__all__ = ["LeadGate", "lead_share", "measure_lead", "student_class_scores", "teacher_fitness"]
+
+
+def lead_share(teacher: float, student: float, margin: float) -> float:
+    """The share of the KD gains the teacher's lead earns.
+
+    Args:
+        teacher: The teacher's validation fitness (Ultralytics' fitness, mAP50-95 for detection).
+        student: The student's best validation fitness so far.
+        margin: The lead at which the gains are whole; 0 switches the rule off.
+
+    Returns:
+        ``min(1, max(0, (teacher - student) / margin))``, or 1.0 with ``margin`` 0.
+    """
+    if margin <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (teacher - student) / margin))
+
+
+def student_class_scores(pred: torch.Tensor, pairs: list[tuple[int, int]], n_student: int) -> torch.Tensor:
+    """The teacher's decoded predictions with its class scores re-indexed to the student's classes.
+
+    Args:
+        pred: The teacher's decoded predictions (B, 4 + C_teacher, A): boxes, then class scores.
+        pairs: (student class, teacher class) pairs.
+        n_student: The student's class count.
+
+    Returns:
+        (B, 4 + n_student, A): the boxes, then each student class's teacher score (0 for a class without one).
+    """
+    out = pred.new_zeros(pred.shape[0], 4 + n_student, pred.shape[2])
+    out[:, :4] = pred[:, :4]
+    if pairs:
+        s_idx, t_idx = (torch.tensor(i, device=pred.device) for i in zip(*pairs))
+        out[:, 4 + s_idx] = pred[:, 4 + t_idx]
+    return out
+
+
+@torch.no_grad()
+def teacher_fitness(
+    teacher: FrozenTeacher,
+    validator: DetectionValidator,
+    data: dict[str, Any],
+    pairs: list[tuple[int, int]],
+    names: dict[int, str],
+) -> float | None:
+    """Validate the teacher as Ultralytics validates the student during training, on the student's classes.
+
+    Runs the validator's own steps (preprocess, NMS, matching, metrics) over its loader with the teacher's decoded
+    predictions, and writes nothing (no plots, no JSON, no labels).
+
+    Args:
+        teacher: The frozen teacher.
+        validator: A fresh detection validator of the run (the trainer's ``get_validator()``), with its loader.
+        data: The run's dataset dictionary.
+        pairs: (student class, teacher class) pairs.
+        names: The student's class names by index.
+
+    Returns:
+        The teacher's fitness, on the scale of the trainer's ``fitness`` (mAP50-95 for detection); None on DDP ranks
+        other than 0, which only hand their shard's matches to rank 0.
+    """
+    validator.args.plots = validator.args.save_json = validator.args.save_txt = False
+    validator.training = True  # a validation inside a training run, as the student's: no dataset checks
+    validator.device, validator.data = teacher.device, data
+    validator.init_metrics(SimpleNamespace(names=names, end2end=False))
+    for batch in validator.dataloader:
+        batch = validator.preprocess(batch)
+        pred = student_class_scores(teacher(batch["img"].float())["pred"].float(), pairs, len(names))
+        validator.update_metrics(validator.postprocess(pred), batch)
+    validator.gather_stats()  # DDP: each rank validated its shard; rank 0 gathers them (a no-op in one process)
+    if RANK not in {-1, 0}:
+        return None
+    validator.get_stats()
+    return float(validator.metrics.fitness)
+
+
+def measure_lead(
+    teacher: FrozenTeacher,
+    validator: DetectionValidator,
+    data: dict[str, Any],
+    pairs: list[tuple[int, int]],
+    names: dict[int, str],
+    margin: float,
+) -> LeadGate:
+    """Validate the teacher (``teacher_fitness``), log its score and return the run's gate.
+
+    Args:
+        teacher: The frozen teacher.
+        validator: A fresh detection validator of the run, with its loader.
+        data: The run's dataset dictionary.
+        pairs: (student class, teacher class) pairs.
+        names: The student's class names by index.
+        margin: ``kd_lead``.
+
+    Returns:
+        The gate; under DDP only rank 0's holds the teacher's score (the others take rank 0's share each epoch).
+    """
+    start = time.perf_counter()
+    fitness = teacher_fitness(teacher, validator, data, pairs, names)
+    if fitness is not None:
+        report.log_teacher_fitness(fitness, margin, time.perf_counter() - start)
+    return LeadGate(fitness, margin)
+
+
+class LeadGate:
+    """``kd_lead`` over one run: the teacher's fitness, measured once, against the student's best so far.
+
+    Args:
+        teacher: The teacher's validation fitness, or None where it was not measured (``kd_lead`` off, or a DDP
+            worker, which takes rank 0's share).
+        margin: ``kd_lead``.
+
+    Attributes:
+        last (float): The share given at the last epoch (1.0 before the first).
+    """
+
+    def __init__(self, teacher: float | None, margin: float) -> None:
+        self.teacher = teacher
+        self.margin = margin
+        self.last = 1.0
+
+    def share(self, epoch: int, student_best: float | None) -> float:
+        """This epoch's share of the KD gains; logged when it changes.
+
+        Args:
+            epoch: The epoch about to run, from 0.
+            student_best: The student's best validation fitness so far (None before its first validation).
+
+        Returns:
+            The share in [0, 1]; 1.0 without a measured teacher.
+        """
+        if self.teacher is None:
+            return 1.0
+        student = float(student_best or 0.0)
+        share = lead_share(self.teacher, student, self.margin)
+        if share != self.last:
+            report.log_lead(epoch + 1, share, self.teacher, student)
+        self.last = share
+        return share
