@@ -134,3 +134,16 @@ def test_teacher_fitness_of_a_real_teacher_equals_ultralytics_validation(data_ya
     fitness = teacher_fitness(teacher, new_validator(), data, pairs, data["names"])
     expected = YOLO(teacher_pt).val(data=data_yaml, imgsz=IMGSZ, batch=4, plots=False, verbose=False).fitness
     assert fitness == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_teacher_without_every_student_class_is_not_gated(data_yaml: str) -> None:
+    from yolo_kd.lead import measure_lead
+
+    loader, data, new_validator = _val_loader(data_yaml)
+    names = data["names"]
+    teacher = OracleTeacher(loader, len(names), list(range(len(names))))
+    pairs = [(c, c) for c in range(1, len(names))]  # student class 0 has no teacher class
+    gate = measure_lead(teacher, new_validator(), data, pairs, names, 0.02)
+    assert gate.teacher is None and gate.share(5, 0.99) == 1.0
+    gate = measure_lead(teacher, new_validator(), data, [(c, c) for c in range(len(names))], names, 0.02)
+    assert gate.teacher > 0.99 and gate.share(5, 0.5) == 1.0 and gate.share(6, 1.0) == 0.0

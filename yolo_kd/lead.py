@@ -117,8 +117,13 @@ def measure_lead(
         margin: ``kd_lead``.
 
     Returns:
-        The gate; under DDP only rank 0's holds the teacher's score (the others take rank 0's share each epoch).
+        The gate; under DDP only rank 0's holds the teacher's score (the others take rank 0's share each epoch). A
+        teacher without a class for every student class is not validated: the gate then keeps the gains whole.
     """
+    missing = sorted(set(names) - {s for s, _ in pairs})
+    if missing:  # those classes' AP would count as 0 for the teacher: its score and the student's do not compare
+        report.warn_lead_off([names[i] for i in missing])
+        return LeadGate(None, margin)
     start = time.perf_counter()
     fitness = teacher_fitness(teacher, validator, data, pairs, names)
     if fitness is not None:

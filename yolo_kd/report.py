@@ -104,6 +104,19 @@ def log_teacher_fitness(fitness: float, margin: float, seconds: float) -> None:
         )
 
 
+def warn_lead_off(missing: list[str]) -> None:
+    """Warn that ``kd_lead`` is off because the teacher has no class for some student classes.
+
+    Args:
+        missing: The student classes without a teacher class.
+    """
+    if _main_process():
+        LOGGER.warning(
+            f"{PREFIX} kd_lead is off: the teacher has no class for {missing}, so its validation score does not "
+            "compare with the student's; the KD gains follow kd_final alone"
+        )
+
+
 def log_lead(epoch: int, share: float, teacher: float, student: float) -> None:
     """Log a new share of the KD gains under ``kd_lead``.
 
