@@ -147,3 +147,65 @@ def test_a_teacher_without_every_student_class_is_not_gated(data_yaml: str) -> N
     assert gate.teacher is None and gate.share(5, 0.99) == 1.0
     gate = measure_lead(teacher, new_validator(), data, [(c, c) for c in range(len(names))], names, 0.02)
     assert gate.teacher > 0.99 and gate.share(5, 0.5) == 1.0 and gate.share(6, 1.0) == 0.0
+
+
+def _ddp_worker(data_yaml: str, port: int, out: str) -> None:
+    """One rank of a 2-process gloo group (RANK set in its environment): the teacher validated on this rank's shard."""
+    import json
+    import os
+
+    import torch.distributed as dist
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_dataloader, build_yolo_dataset
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils import RANK
+
+    from yolo_kd.compat import broadcast_float
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=RANK, world_size=2)
+    full, data, _ = _val_loader(data_yaml)
+    cfg = get_cfg(overrides={"imgsz": IMGSZ, "workers": 0, "plots": False})
+    dataset = build_yolo_dataset(cfg, data["val"], 4, data, mode="val", rect=True, stride=32)
+    shard = build_dataloader(dataset, 4, 0, shuffle=False, rank=RANK)
+    nc = len(data["names"])
+    swapped = [1, 0, *range(2, nc)]
+    teacher = OracleTeacher(full, nc, swapped)  # knows every image; each rank is shown its shard only
+    pairs = [(c, c) for c in range(nc)]  # the wrong map: partly right, so the gathered score is not trivial
+    fitness = teacher_fitness(teacher, DetectionValidator(shard, args=cfg), data, pairs, data["names"])
+    shared = broadcast_float(fitness if fitness is not None else -1.0, torch.device("cpu"))
+    Path(out).with_suffix(f".{RANK}.json").write_text(json.dumps({"fitness": fitness, "shared": shared}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_under_ddp_rank_0_scores_the_whole_validation_set_and_shares_it(data_yaml: str, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ultralytics.utils.dist import find_free_network_port
+
+    loader, data, new_validator = _val_loader(data_yaml)
+    nc = len(data["names"])
+    pairs = [(c, c) for c in range(nc)]
+    alone = teacher_fitness(
+        OracleTeacher(loader, nc, [1, 0, *range(2, nc)]), new_validator(), data, pairs, data["names"]
+    )
+    port, out = find_free_network_port(), str(tmp_path / "lead")
+    code = f"from tests.test_lead import _ddp_worker; _ddp_worker({data_yaml!r}, {port}, {out!r})"
+    root = Path(__file__).resolve().parents[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=root,
+            env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2"},
+        )
+        for r in (0, 1)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    rank0, rank1 = (json.loads((tmp_path / f"lead.{r}.json").read_text()) for r in (0, 1))
+    assert 0.1 < alone < 0.99
+    assert rank0["fitness"] == pytest.approx(alone) and rank1["fitness"] is None
+    assert rank0["shared"] == rank1["shared"] == pytest.approx(alone)
