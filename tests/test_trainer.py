@@ -16,6 +16,7 @@ from yolo_kd import KDConfigError, KDDetectionTrainer
 from yolo_kd.checkpoint import read_kd_record
 from yolo_kd.cli import main
 from yolo_kd.criterion import KDLoss
+from yolo_kd.teacher import FrozenTeacher
 
 from .conftest import IMGSZ, tiny_trainer
 
@@ -192,10 +193,22 @@ def test_resume_continues_with_teacher_and_connectors(data_yaml: str, teacher_pt
 
 @pytest.mark.slow
 def test_kd_final_decays_the_kd_gains_over_the_epochs(
-    data_yaml: str, teacher_pt: str, tmp_path: Path, assigner_shares: list[float]
+    data_yaml: str, teacher_pt: str, tmp_path: Path, assigner_shares: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[float] = []
     shares = assigner_shares
+    teacher_passes: list[float] = []  # the epoch's schedule at each teacher pass
+    epoch_schedule = [1.0]
+    forward = FrozenTeacher.forward
+
+    def counted(self: FrozenTeacher, images: torch.Tensor) -> dict:
+        teacher_passes.append(epoch_schedule[0])
+        return forward(self, images)
+
+    monkeypatch.setattr(FrozenTeacher, "forward", counted)
+
+    def on_train_epoch_start(trainer) -> None:  # runs after yolo-kd's own, which sets the schedule
+        epoch_schedule[0] = trainer.model.criterion.schedule
 
     def on_train_batch_end(trainer) -> None:
         seen.append(trainer.model.criterion.schedule)
@@ -204,9 +217,11 @@ def test_kd_final_decays_the_kd_gains_over_the_epochs(
         data_yaml, teacher_pt, tmp_path, "decay", kd="full", kd_cross=1.0, kd_final=0.0, kd_assign=0.8, epochs=3
     )  # every term on, cross-head KD included, so each column must fade to 0
     trainer.add_callback("on_train_batch_end", on_train_batch_end)
+    trainer.add_callback("on_train_epoch_start", on_train_epoch_start)
     trainer.train()
     assert sorted(set(seen), reverse=True) == [1.0, 0.5, 0.0]  # one value per epoch: 1 -> kd_final, linear
-    assert sorted(set(shares), reverse=True) == pytest.approx([0.8, 0.4, 0.0])  # the teacher's say in assignment too
+    assert sorted(set(shares), reverse=True) == pytest.approx([0.8, 0.4])  # the teacher's say in assignment too
+    assert teacher_passes and 0.0 not in teacher_passes  # the last epoch, all gains at 0, runs no teacher at all
     rows = _rows(tmp_path / "decay")
     assert all(float(rows[0][c]) > 0 for c in KD_COLUMNS)
     assert all(float(rows[2][c]) == 0 for c in KD_COLUMNS) and float(rows[2]["train/cls_loss"]) > 0

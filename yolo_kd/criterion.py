@@ -212,7 +212,14 @@ class KDLoss:
             images: The preprocessed batch images (B, 3, H, W).
         """
         self._prefetched = None  # an unconsumed pass (a failed step) must not stay alive beside the new one
-        self._prefetched = (images, self.teacher(images))
+        if not self.idle:
+            self._prefetched = (images, self.teacher(images))
+
+    @property
+    def idle(self) -> bool:
+        """Whether this epoch needs no teacher: every KD gain scaled to 0 (``kd_final``, ``kd_lead``) and no
+        pseudo-labels to give. The step is then Ultralytics' own, at its cost, with the KD columns at 0."""
+        return self.schedule == 0 and not (self.unlabeled_files and self.cfg.kd_pseudo)
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Detection loss plus KD terms for one batch.
@@ -225,6 +232,9 @@ class KDLoss:
             The loss vector (detection terms, then the KD terms, scaled by batch size) and the detached items.
         """
         pre, self._prefetched = self._prefetched, None
+        if self.idle:
+            loss, items = self.base(preds, batch)
+            return self.with_kd_terms(loss, items, torch.zeros(len(KD_TERMS), device=loss.device), 1)
         teacher = pre[1] if pre is not None and pre[0] is batch["img"] else self.teacher(batch["img"])
         pseudo = bool(self.unlabeled_files and self.cfg.kd_pseudo)
         finite = guard_non_finite(teacher, with_pred=pseudo)
@@ -256,7 +266,23 @@ class KDLoss:
         # last.pt once the student's own loss turns non-finite.
         kd = torch.where(finite, kd, torch.zeros_like(kd))
         self.dropped_steps += (~finite).to(self.dropped_steps.dtype)  # read once per epoch, not per step
-        batch_size = student["scores"].shape[0]
+        return self.with_kd_terms(loss, items, kd, student["scores"].shape[0])
+
+    @staticmethod
+    def with_kd_terms(
+        loss: torch.Tensor, items: dict[str, torch.Tensor], kd: torch.Tensor, batch_size: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The detection loss and items followed by the KD terms, scaled by batch size as Ultralytics scales its own.
+
+        Args:
+            loss: The detection loss vector.
+            items: Its detached items.
+            kd: The KD terms, (len(KD_TERMS),).
+            batch_size: Images in the batch.
+
+        Returns:
+            The loss vector and the items, each with the KD terms appended.
+        """
         items = dict(items)
         items.update(zip(KD_TERMS, kd.detach()))
         return torch.cat([loss.view(-1), kd.to(loss.dtype) * batch_size]), items
