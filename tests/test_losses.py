@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from yolo_kd.config import KDConfig
 from yolo_kd.connectors import MGDGenerator
 from yolo_kd.distiller import KD_TERMS, Distiller
-from yolo_kd.losses import ChannelWiseKD, DistributionKD, MaskedGenerativeKD, SigmoidLogitKD
+from yolo_kd.losses import ChannelWiseKD, DistributionKD, MaskedGenerativeKD, PearsonKD, SigmoidLogitKD
 
 torch.manual_seed(0)
 
@@ -27,6 +27,7 @@ CASES = {
     "box": (lambda: DistributionKD(temperature=2.0), (2, 16, 30), True),
     "cwd": (lambda: ChannelWiseKD(temperature=2.0), (2, 6, 5, 5), False),
     "mgd": (MaskedGenerativeKD, (2, 6, 5, 5), False),
+    "pkd": (PearsonKD, (2, 6, 5, 5), False),
 }
 
 
@@ -95,6 +96,17 @@ def _kl_vs_uniform_t2() -> float:
     return 4 * (p0 * math.log(2 * p0) + p1 * math.log(2 * p1))
 
 
+def test_pkd_hand_computed() -> None:
+    s = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2)
+    assert PearsonKD()(s, 10 * s + 3).item() == pytest.approx(0.0, abs=1e-6)  # correlation 1: offsets, scales drop out
+    assert PearsonKD()(s, -s).item() == pytest.approx(2.0, rel=1e-5)  # correlation -1
+    t = torch.tensor([1.0, 3.0, 2.0, 4.0]).view(1, 1, 2, 2)
+    # Pearson r of (1,2,3,4) and (1,3,2,4): centred (-1.5,-.5,.5,1.5) and (-1.5,.5,-.5,1.5): (2.25-.25-.25+2.25)/5 = 0.8
+    two = torch.cat([s, s]), torch.cat([t, -s])  # two images: 1 - 0.8 and 1 - (-1), averaged
+    assert PearsonKD()(s, t).item() == pytest.approx(0.2, rel=1e-5)
+    assert PearsonKD()(*two).item() == pytest.approx((0.2 + 2.0) / 2, rel=1e-5)
+
+
 def test_cwd_hand_computed() -> None:
     # one channel over two pixels: student uniform, teacher softmax([log 3, 0]) -> same KL as above, T=1
     s = torch.zeros(1, 1, 1, 2)
@@ -138,7 +150,7 @@ def test_mgd_normalisation_does_not_depend_on_batch_size() -> None:
     assert torch.allclose(loss_fn(generator(s), t), loss_fn(generator(s.repeat(rep)), t.repeat(rep)), rtol=1e-5)
 
 
-@pytest.mark.parametrize("feat_loss", ["cwd", "mgd"])
+@pytest.mark.parametrize("feat_loss", ["cwd", "mgd", "pkd"])
 def test_distiller_returns_each_named_term_scaled_by_its_gain(feat_loss: str) -> None:
     torch.manual_seed(0)
     s_ch, t_ch, sizes = [4, 6], [5, 8], [(4, 4), (2, 2)]

@@ -53,8 +53,8 @@ class KDConfig:
     kd_box_temp: float = 2.0
     """Temperature of box-distribution KD."""
     kd_feat_loss: str = "cwd"
-    """Feature loss: 'cwd' (channel-wise distillation, Shu et al. 2021) or 'mgd' (masked generative distillation,
-    Yang et al. 2022)."""
+    """Feature loss: 'cwd' (channel-wise distillation, Shu et al. 2021), 'mgd' (masked generative distillation,
+    Yang et al. 2022) or 'pkd' (Pearson-correlation distillation, Cao et al. 2022)."""
     kd_feat_temp: float = 1.0
     """Temperature of CWD's spatial softmax."""
     kd_mgd_mask: float = 0.5
