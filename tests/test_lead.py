@@ -27,6 +27,7 @@ def test_gate_follows_the_students_best_and_is_whole_without_a_teacher_score() -
     assert gate.share(0, None) == 1.0  # no validation yet: the student counts as 0
     assert gate.share(1, 0.28) == pytest.approx(0.5)
     assert gate.share(2, 0.31) == 0.0
+    assert gate.share(3, float("nan")) == 0.0  # a NaN fitness (Ultralytics can record one) keeps the last share
     assert LeadGate(None, 0.04).share(3, 0.9) == 1.0  # a DDP worker: rank 0's share is broadcast instead
 
 
@@ -69,7 +70,9 @@ class OracleTeacher:
     def _key(img: torch.Tensor) -> str:
         return hashlib.sha256(img.contiguous().numpy().tobytes()).hexdigest()
 
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    dense = True
+
+    def predictions(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[2:]
         pred = torch.zeros(images.shape[0], 4 + self.nc, 32)
         for i, img in enumerate(images):
@@ -77,7 +80,7 @@ class OracleTeacher:
             n = len(cls)
             pred[i, :4, :n] = (boxes * torch.tensor([w, h, w, h])).T
             pred[i, 4 + torch.tensor(self.permute)[cls], torch.arange(n)] = 1.0
-        return {"pred": pred}
+        return pred
 
 
 def test_teacher_fitness_is_ultralytics_metric_of_the_teachers_boxes_on_the_student_classes(data_yaml: str) -> None:
@@ -129,14 +132,18 @@ def test_teacher_fitness_of_a_real_teacher_equals_ultralytics_validation(data_ya
     from yolo_kd.teacher import FrozenTeacher, load_teacher_model
 
     loader, data, new_validator = _val_loader(data_yaml)
-    teacher = FrozenTeacher(load_teacher_model(teacher_pt), torch.device("cpu"), amp=False, feats=False)
+    # amp as in training (bf16 autocast on CPUs that have it): the validation must still run in fp32, as the student's
+    teacher = FrozenTeacher(load_teacher_model(teacher_pt), torch.device("cpu"), feats=False)
     pairs = [(c, c) for c in range(len(data["names"]))]
     fitness = teacher_fitness(teacher, new_validator(), data, pairs, data["names"])
     expected = YOLO(teacher_pt).val(data=data_yaml, imgsz=IMGSZ, batch=4, plots=False, verbose=False).fitness
     assert fitness == pytest.approx(expected, abs=1e-4)
+    images = next(iter(loader))["img"].float() / 255
+    reference = load_teacher_model(teacher_pt).float().fuse().eval()(images)[0]  # fp32, as the student validates
+    assert torch.allclose(teacher.predictions(images), reference, rtol=1e-4, atol=1e-3)
 
 
-def test_a_teacher_without_every_student_class_is_not_gated(data_yaml: str) -> None:
+def test_no_gate_where_the_scores_do_not_compare(data_yaml: str) -> None:
     from yolo_kd.lead import measure_lead
 
     loader, data, new_validator = _val_loader(data_yaml)
@@ -145,7 +152,12 @@ def test_a_teacher_without_every_student_class_is_not_gated(data_yaml: str) -> N
     pairs = [(c, c) for c in range(1, len(names))]  # student class 0 has no teacher class
     gate = measure_lead(teacher, new_validator(), data, pairs, names, 0.02)
     assert gate.teacher is None and gate.share(5, 0.99) == 1.0
-    gate = measure_lead(teacher, new_validator(), data, [(c, c) for c in range(len(names))], names, 0.02)
+    every = [(c, c) for c in range(len(names))]
+    assert measure_lead(teacher, new_validator(), data, every, names, 0.02, validates=False).teacher is None
+    teacher.dense = False  # an end-to-end teacher whose dense branch was fused away
+    assert measure_lead(teacher, new_validator(), data, every, names, 0.02).teacher is None
+    teacher.dense = True
+    gate = measure_lead(teacher, new_validator(), data, every, names, 0.02)
     assert gate.teacher > 0.99 and gate.share(5, 0.5) == 1.0 and gate.share(6, 1.0) == 0.0
 
 

@@ -102,9 +102,10 @@ def test_pkd_hand_computed() -> None:
     assert PearsonKD()(s, -s).item() == pytest.approx(2.0, rel=1e-5)  # correlation -1
     t = torch.tensor([1.0, 3.0, 2.0, 4.0]).view(1, 1, 2, 2)
     # Pearson r of (1,2,3,4) and (1,3,2,4): centred (-1.5,-.5,.5,1.5) and (-1.5,.5,-.5,1.5): (2.25-.25-.25+2.25)/5 = 0.8
-    two = torch.cat([s, s]), torch.cat([t, -s])  # two images: 1 - 0.8 and 1 - (-1), averaged
     assert PearsonKD()(s, t).item() == pytest.approx(0.2, rel=1e-5)
-    assert PearsonKD()(*two).item() == pytest.approx((0.2 + 2.0) / 2, rel=1e-5)
+    # two channels: 1 - 0.8 and 1 - (-1), averaged; and two images of one channel are one sample of 8 values
+    assert PearsonKD()(torch.cat([s, s], 1), torch.cat([t, -s], 1)).item() == pytest.approx((0.2 + 2.0) / 2, rel=1e-5)
+    assert PearsonKD()(torch.cat([s, s + 10]), torch.cat([t, t + 10])).item() < 0.05  # the offset is shared signal
 
 
 def test_cwd_hand_computed() -> None:

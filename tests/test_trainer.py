@@ -207,7 +207,7 @@ def test_kd_final_decays_the_kd_gains_over_the_epochs(
 
     monkeypatch.setattr(FrozenTeacher, "forward", counted)
 
-    def on_train_epoch_start(trainer) -> None:  # runs after yolo-kd's own, which sets the schedule
+    def on_train_epoch_start(trainer: KDDetectionTrainer) -> None:  # runs after yolo-kd's own, which sets it
         epoch_schedule[0] = trainer.model.criterion.schedule
 
     def on_train_batch_end(trainer) -> None:

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
-from ultralytics.utils import LOCAL_RANK, LOGGER, colorstr
+from ultralytics.utils import LOCAL_RANK, LOGGER, RANK, colorstr
 
 from .assign import TeacherGuidedAssigner
 
@@ -167,6 +168,44 @@ def broadcast_from_rank0(module: torch.nn.Module) -> None:
     """
     for tensor in module.state_dict().values():
         torch.distributed.broadcast(tensor, src=0)
+
+
+@torch.no_grad()
+def validation_fitness(
+    validator: Any,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    data: dict[str, Any],
+    names: dict[int, str],
+    device: torch.device,
+) -> float | None:
+    """Ultralytics' training-time validation of the predictions ``predict`` makes, and their fitness.
+
+    Runs the validator's own steps over its loader (preprocess, NMS, matching, metrics, and under DDP the gather of
+    every rank's shard to rank 0), as ``BaseValidator.__call__`` does inside a training run, but on any model's
+    decoded predictions; nothing is written (no plots, no JSON, no labels).
+
+    Args:
+        validator: A fresh ``DetectionValidator`` with its dataloader.
+        predict: Preprocessed images (B, 3, H, W) -> decoded predictions (B, 4 + len(names), A).
+        data: The run's dataset dictionary.
+        names: Class names by index, the classes the predictions score.
+        device: Where the images go.
+
+    Returns:
+        The fitness (mAP50-95 for detection) on rank 0 or a single process; None on other DDP ranks.
+    """
+    validator.args.plots = validator.args.save_json = validator.args.save_txt = False
+    validator.training = True  # as inside a training run: no dataset checks, metrics computed as for the student
+    validator.device, validator.data = device, data
+    validator.init_metrics(SimpleNamespace(names=names, end2end=False))
+    for batch in validator.dataloader:
+        batch = validator.preprocess(batch)
+        validator.update_metrics(validator.postprocess(predict(batch["img"])), batch)
+    validator.gather_stats()  # a no-op in one process
+    if RANK not in {-1, 0}:
+        return None
+    validator.get_stats()
+    return float(validator.metrics.fitness)
 
 
 def broadcast_float(value: float, device: torch.device) -> float:

@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import KDConfig, KDConfigError
 from .connectors import MGDGenerator
-from .losses import ChannelWiseKD, DistributionKD, MaskedGenerativeKD, PearsonKD, SigmoidLogitKD
+from .losses import FEATURE_LOSSES, ChannelWiseKD, DistributionKD, SigmoidLogitKD
 
 KD_TERMS = ("kd_cls", "kd_box", "kd_feat", "kd_cross")  # the names of the terms, and of their results.csv columns
 
@@ -75,8 +75,8 @@ class Distiller(nn.Module):
         )
         self.logit = SigmoidLogitKD(cfg.kd_cls_temp)
         self.box = DistributionKD(cfg.kd_box_temp)
-        features = {"cwd": lambda: ChannelWiseKD(cfg.kd_feat_temp), "mgd": MaskedGenerativeKD, "pkd": PearsonKD}
-        self.feature = features[cfg.kd_feat_loss]()
+        loss = FEATURE_LOSSES[cfg.kd_feat_loss]
+        self.feature = loss(cfg.kd_feat_temp) if loss is ChannelWiseKD else loss()  # only CWD has a temperature
 
     def forward(self, student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The gain-scaled KD terms of one batch.

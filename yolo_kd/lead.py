@@ -10,15 +10,14 @@ lead over the best validation score the student has reached so far: full gains w
 
 from __future__ import annotations
 
+import math
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from ultralytics.models.yolo.detect import DetectionValidator
-from ultralytics.utils import RANK
 
-from . import report
+from . import compat, report
 from .teacher import FrozenTeacher
 
 __all__ = ["LeadGate", "lead_share", "measure_lead", "student_class_scores", "teacher_fitness"]
@@ -59,7 +58,6 @@ def student_class_scores(pred: torch.Tensor, pairs: list[tuple[int, int]], n_stu
     return out
 
 
-@torch.no_grad()
 def teacher_fitness(
     teacher: FrozenTeacher,
     validator: DetectionValidator,
@@ -68,9 +66,6 @@ def teacher_fitness(
     names: dict[int, str],
 ) -> float | None:
     """Validate the teacher as Ultralytics validates the student during training, on the student's classes.
-
-    Runs the validator's own steps (preprocess, NMS, matching, metrics) over its loader with the teacher's decoded
-    predictions, and writes nothing (no plots, no JSON, no labels).
 
     Args:
         teacher: The frozen teacher.
@@ -83,19 +78,11 @@ def teacher_fitness(
         The teacher's fitness, on the scale of the trainer's ``fitness`` (mAP50-95 for detection); None on DDP ranks
         other than 0, which only hand their shard's matches to rank 0.
     """
-    validator.args.plots = validator.args.save_json = validator.args.save_txt = False
-    validator.training = True  # a validation inside a training run, as the student's: no dataset checks
-    validator.device, validator.data = teacher.device, data
-    validator.init_metrics(SimpleNamespace(names=names, end2end=False))
-    for batch in validator.dataloader:
-        batch = validator.preprocess(batch)
-        pred = student_class_scores(teacher(batch["img"].float())["pred"].float(), pairs, len(names))
-        validator.update_metrics(validator.postprocess(pred), batch)
-    validator.gather_stats()  # DDP: each rank validated its shard; rank 0 gathers them (a no-op in one process)
-    if RANK not in {-1, 0}:
-        return None
-    validator.get_stats()
-    return float(validator.metrics.fitness)
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        return student_class_scores(teacher.predictions(images), pairs, len(names))
+
+    return compat.validation_fitness(validator, predict, data, names, teacher.device)
 
 
 def measure_lead(
@@ -105,6 +92,7 @@ def measure_lead(
     pairs: list[tuple[int, int]],
     names: dict[int, str],
     margin: float,
+    validates: bool = True,
 ) -> LeadGate:
     """Validate the teacher (``teacher_fitness``), log its score and return the run's gate.
 
@@ -115,14 +103,25 @@ def measure_lead(
         pairs: (student class, teacher class) pairs.
         names: The student's class names by index.
         margin: ``kd_lead``.
+        validates: Whether the run validates the student every epoch (Ultralytics' ``val``).
 
     Returns:
-        The gate; under DDP only rank 0's holds the teacher's score (the others take rank 0's share each epoch). A
-        teacher without a class for every student class is not validated: the gate then keeps the gains whole.
+        The gate; under DDP only rank 0's holds the teacher's score (the others take rank 0's share each epoch).
+        Where the two scores cannot be compared, the teacher is not validated and the gate keeps the gains whole.
     """
-    missing = sorted(set(names) - {s for s, _ in pairs})
-    if missing:  # those classes' AP would count as 0 for the teacher: its score and the student's do not compare
-        report.warn_lead_off([names[i] for i in missing])
+    missing = [names[i] for i in sorted(set(names) - {s for s, _ in pairs})]
+    reason = (
+        "the run does not validate the student each epoch (val=False)"
+        if not validates
+        # those classes' AP would count as 0 for the teacher
+        else f"the teacher has no class for {missing}, so its score does not compare with the student's"
+        if missing
+        else "the teacher is end-to-end without its dense branch (fused away), which its validation needs"
+        if not teacher.dense
+        else None
+    )
+    if reason is not None:
+        report.warn_lead_off(reason)
         return LeadGate(None, margin)
     start = time.perf_counter()
     fitness = teacher_fitness(teacher, validator, data, pairs, names)
@@ -161,6 +160,8 @@ class LeadGate:
         if self.teacher is None:
             return 1.0
         student = float(student_best or 0.0)
+        if not math.isfinite(student):  # Ultralytics can record a NaN fitness: keep the share it had
+            return self.last
         share = lead_share(self.teacher, student, self.margin)
         if share != self.last:
             report.log_lead(epoch + 1, share, self.teacher, student)

@@ -104,17 +104,14 @@ def log_teacher_fitness(fitness: float, margin: float, seconds: float) -> None:
         )
 
 
-def warn_lead_off(missing: list[str]) -> None:
-    """Warn that ``kd_lead`` is off because the teacher has no class for some student classes.
+def warn_lead_off(reason: str) -> None:
+    """Warn that ``kd_lead`` is off for this run, and why.
 
     Args:
-        missing: The student classes without a teacher class.
+        reason: Why the teacher's score and the student's cannot be compared.
     """
     if _main_process():
-        LOGGER.warning(
-            f"{PREFIX} kd_lead is off: the teacher has no class for {missing}, so its validation score does not "
-            "compare with the student's; the KD gains follow kd_final alone"
-        )
+        LOGGER.warning(f"{PREFIX} kd_lead is off: {reason}; the KD gains follow kd_final alone")
 
 
 def log_lead(epoch: int, share: float, teacher: float, student: float) -> None:

@@ -127,6 +127,9 @@ class FrozenTeacher(nn.Module):
         self.nc = find_detect_head(self.model).nc
         self.stride = self.model.stride
         self.names = getattr(self.model, "names", {})
+        # False only for an end-to-end teacher whose dense branch was fused away before it reached us: its eval
+        # output is then already NMS-free (B, max_det, 6), not the dense (B, 4 + C, A) predictions
+        self.dense = not getattr(find_detect_head(self.model), "end2end", False)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         """Stay in eval mode whatever is asked (the teacher's BatchNorm statistics must never move).
@@ -172,6 +175,25 @@ class FrozenTeacher(nn.Module):
             "feats": [f.float() for f in feats],
             "pred": out[0] if isinstance(out, tuple) else None,  # decoded (B, 4+C, A), only pseudo-labels read it
         }
+
+    @torch.no_grad()
+    def predictions(self, images: torch.Tensor) -> torch.Tensor:
+        """The decoded dense predictions, in the precision the student is validated in during training.
+
+        That is fp32 on the CPU (no bf16 autocast here: it decodes boxes a few pixels off, which costs mAP at high
+        IoU thresholds) and, for an fp16 CUDA teacher, fp16, as the student is validated under AMP.
+
+        Args:
+            images: The preprocessed batch (B, 3, H, W).
+
+        Returns:
+            (B, 4 + C, A) in fp32: xywh boxes in pixels, then class scores.
+        """
+        if self.dtype == torch.float16:
+            images = images.half()
+        with torch.autocast(images.device.type, enabled=False):
+            out = self.model(images)
+        return (out[0] if isinstance(out, tuple) else out).float()
 
     def head_outputs(self, maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The teacher's Detect head run on other maps (cross-head KD: the student's, through connectors).

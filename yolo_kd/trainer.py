@@ -183,7 +183,13 @@ class KDDetectionTrainer(DetectionTrainer):
         if self.kd_cfg.kd_lead > 0:  # the teacher's score on the student's validation set, once (see lead.py)
             names = dict(enumerate(name_list(self.data["names"])))
             self._lead = measure_lead(
-                self.teacher, self.get_validator(), self.data, self.class_pairs, names, self.kd_cfg.kd_lead
+                self.teacher,
+                self.get_validator(),
+                self.data,
+                self.class_pairs,
+                names,
+                self.kd_cfg.kd_lead,
+                validates=bool(self.args.val),
             )
 
     def preprocess_batch(self, batch: dict) -> dict:

@@ -59,26 +59,26 @@ class MaskedGenerativeKD(nn.Module):
 class PearsonKD(nn.Module):
     """Pearson-correlation feature distillation (PKD; Cao et al., NeurIPS 2022).
 
-    Each channel of each map is standardised over its H*W locations (zero mean, unit variance, per image), student and
-    teacher alike, and the loss is half the mean squared difference of the standardised maps: exactly one minus the
-    Pearson correlation of the two maps, averaged over images and channels. Offsets and scales of either network drop
-    out, so a teacher of another depth or width needs no rescaling, only a connector to its channel count. The paper
-    standardises over the batch as well; per image, the loss of a batch is the mean of its images' losses, so it does
-    not depend on how a batch is split over ranks.
+    Each channel is standardised over the batch's images and locations (zero mean, unit variance over N*H*W, as in
+    the paper), student and teacher alike, and the loss is half the mean squared difference of the standardised maps:
+    one minus the Pearson correlation of each channel's activations, averaged over channels. Offsets and scales of
+    either network drop out, so a teacher of another depth or width needs no rescaling, only a connector to its
+    channel count. Standardising over the batch, not per image, keeps the small maps of the deepest level (2x2 at
+    64 px) from inflating a nearly flat channel into a unit-variance target.
 
     Shapes:
         student, teacher: (N, C, H, W), student already projected to the teacher's C.
 
     Returns:
-        Scalar in [0, 2]: 1 - correlation, mean over images and channels (0 for a constant map on both sides).
+        Scalar in [0, 2]: 1 - correlation, mean over channels (0 for a channel constant on both sides).
     """
 
     @staticmethod
     def standardise(x: torch.Tensor) -> torch.Tensor:
-        """Zero mean, unit (population) variance over the last two dimensions; a constant map becomes zeros."""
+        """Zero mean, unit (population) variance per channel over images and locations; a constant channel -> 0."""
         x = x.float()
-        x = x - x.mean(dim=(-2, -1), keepdim=True)
-        return x / (x.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt() + 1e-6)
+        x = x - x.mean(dim=(0, 2, 3), keepdim=True)
+        return x / (x.pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt() + 1e-6)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """Half the mean squared difference of the standardised maps (see the class docstring)."""
