@@ -77,6 +77,7 @@ def kd_run(data_yaml: str, teacher_pt: str, tmp_path_factory: pytest.TempPathFac
             "kd=full",  # every term, so every column and the connectors are exercised
             "kd_cross=1.0",  # and cross-head KD, which no preset switches on
             "kd_final=1.0",  # constant gains: the presets fade them to 0 by the last epoch, whose columns would be 0
+            "kd_lead=0",  # nor tied to the lead of this 1-epoch teacher, which has none (its score is 0)
             "epochs=2",
             f"imgsz={IMGSZ}",
             "batch=8",

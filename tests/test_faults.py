@@ -47,6 +47,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_with_kd(
         f"data={data_yaml}",
         "kd=full",  # connectors too: their state must come back on resume
         "kd_final=1.0",  # constant gains, so every epoch's KD columns are non-zero (the presets fade them to 0)
+        "kd_lead=0",  # and not tied to the lead of this 1-epoch teacher, which has none
         "epochs=4",
         f"imgsz={IMGSZ}",
         "batch=2",

@@ -23,8 +23,10 @@ def test_lead_share_is_whole_at_the_margin_and_zero_once_caught_up() -> None:
 
 
 def test_gate_follows_the_students_best_and_is_whole_without_a_teacher_score() -> None:
+    assert LeadGate(0.0, 0.04).share(0, None) == 1.0  # no validation yet: whole, even beside a teacher that scores 0
+    assert LeadGate(0.0, 0.04).share(1, 0.0) == 0.0  # ... which then has no lead to teach with
     gate = LeadGate(0.30, 0.04)
-    assert gate.share(0, None) == 1.0  # no validation yet: the student counts as 0
+    assert gate.share(0, None) == 1.0
     assert gate.share(1, 0.28) == pytest.approx(0.5)
     assert gate.share(2, 0.31) == 0.0
     assert gate.share(3, float("nan")) == 0.0  # a NaN fitness (Ultralytics can record one) keeps the last share
@@ -122,7 +124,8 @@ def test_kd_gains_follow_the_teachers_measured_lead(
     trainer.train()
     assert measured == [0.5]  # once, before training
     assert len(seen) == 3
-    assert all(schedule == pytest.approx(0.5 - best) for schedule, best in seen)  # (teacher - student's best) / 1.0
+    assert seen[0] == (1.0, 0.0)  # whole until the student's first validation
+    assert all(schedule == pytest.approx(0.5 - best) for schedule, best in seen[1:])  # (teacher - student's best) / 1
 
 
 @pytest.mark.slow

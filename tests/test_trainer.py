@@ -214,8 +214,17 @@ def test_kd_final_decays_the_kd_gains_over_the_epochs(
         seen.append(trainer.model.criterion.schedule)
 
     trainer = tiny_trainer(
-        data_yaml, teacher_pt, tmp_path, "decay", kd="full", kd_cross=1.0, kd_final=0.0, kd_assign=0.8, epochs=3
-    )  # every term on, cross-head KD included, so each column must fade to 0
+        data_yaml,
+        teacher_pt,
+        tmp_path,
+        "decay",
+        kd="full",
+        kd_cross=1.0,
+        kd_final=0.0,
+        kd_assign=0.8,
+        epochs=3,
+        kd_lead=0,
+    )  # every term on, cross-head KD included, so each column must fade to 0; kd_lead off: the fade alone
     trainer.add_callback("on_train_batch_end", on_train_batch_end)
     trainer.add_callback("on_train_epoch_start", on_train_epoch_start)
     trainer.train()

@@ -64,12 +64,13 @@ class KDConfig:
     between (like Ultralytics' ``lrf``); 0.0 (the default) hands the last epochs to the ground truth alone, 1.0 keeps
     them constant. Fading them out kept the distilled student rising where constant gains let the baseline catch up
     (docs/BENCHMARKS.md)."""
-    kd_lead: float = 0.0
+    kd_lead: float = 0.02
     """KD gains that follow the teacher's measured lead: the teacher is validated once before training (the student's
     validation set and classes), and each epoch every KD gain (and the teacher's share in label assignment) is scaled
-    by min(1, max(0, (teacher - student) / kd_lead)), the student's score being its best validation mAP50-95 so far:
-    whole while the teacher leads by kd_lead or more, zero once the student has caught up. 0 switches it off. Needs
-    Ultralytics' per-epoch validation (``val=True``, its default)."""
+    by min(1, max(0, (teacher - student) / kd_lead)), the student's score being its best validation mAP50-95 so far
+    (whole before its first validation): whole while the teacher leads by kd_lead or more (0.02: 2 points), zero once
+    the student has caught up. 0 switches it off. Needs Ultralytics' per-epoch validation (``val=True``, its
+    default); a student that passes its teacher then keeps rising on the ground truth alone (docs/BENCHMARKS.md)."""
     kd_weight_power: float = 1.0
     """Anchor weight = teacher confidence ** power (0 weighs every anchor alike)."""
     kd_assign: float = 1.0
@@ -332,8 +333,14 @@ def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDC
 # Keys added after checkpoints were first written, each with the value that reproduces a run recorded before it existed
 # (teacher-guided assignment did not exist, so such a run assigned from the student alone; nor did the teacher init,
 # nor kd_final, so its gains were constant: kd_final's default became 0.0 later; the teacher init chose evenly spaced
-# channels before kd_init_channels).
-RECORDED_BEFORE: dict[str, Any] = {"kd_assign": 0.0, "kd_init": "random", "kd_final": 1.0, "kd_init_channels": "even"}
+# channels before kd_init_channels; the gains ignored the teacher's lead before kd_lead).
+RECORDED_BEFORE: dict[str, Any] = {
+    "kd_assign": 0.0,
+    "kd_init": "random",
+    "kd_final": 1.0,
+    "kd_init_channels": "even",
+    "kd_lead": 0.0,
+}
 
 
 def load_recorded_config(config: dict[str, Any]) -> KDConfig:

@@ -152,14 +152,15 @@ class LeadGate:
 
         Args:
             epoch: The epoch about to run, from 0.
-            student_best: The student's best validation fitness so far (None before its first validation).
+            student_best: The student's best validation fitness so far (None before its first validation, when the
+                gains stay whole: a pretrained student's score is not known before then).
 
         Returns:
             The share in [0, 1]; 1.0 without a measured teacher.
         """
-        if self.teacher is None:
+        if self.teacher is None or student_best is None:  # no score to compare yet: the gains stay whole
             return 1.0
-        student = float(student_best or 0.0)
+        student = float(student_best)
         if not math.isfinite(student):  # Ultralytics can record a NaN fitness: keep the share it had
             return self.last
         share = lead_share(self.teacher, student, self.margin)
