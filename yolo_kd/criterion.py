@@ -219,7 +219,12 @@ class KDLoss:
     def idle(self) -> bool:
         """Whether this epoch needs no teacher: every KD gain scaled to 0 (``kd_final``, ``kd_lead``) and no
         pseudo-labels to give. The step is then Ultralytics' own, at its cost, with the KD columns at 0."""
-        return self.schedule == 0 and not (self.unlabeled_files and self.cfg.kd_pseudo)
+        return self.schedule == 0 and not self.pseudo_labels
+
+    @property
+    def pseudo_labels(self) -> bool:
+        """Whether the teacher's boxes become targets on unlabeled images (``unlabeled=`` with ``kd_pseudo``)."""
+        return bool(self.unlabeled_files and self.cfg.kd_pseudo)
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Detection loss plus KD terms for one batch.
@@ -236,7 +241,7 @@ class KDLoss:
             loss, items = self.base(preds, batch)
             return self.with_kd_terms(loss, items, torch.zeros(len(KD_TERMS), device=loss.device), 1)
         teacher = pre[1] if pre is not None and pre[0] is batch["img"] else self.teacher(batch["img"])
-        pseudo = bool(self.unlabeled_files and self.cfg.kd_pseudo)
+        pseudo = self.pseudo_labels
         finite = guard_non_finite(teacher, with_pred=pseudo)
         if pseudo and finite:  # a non-finite teacher gets no say in the targets (a host sync; this mode has many)
             batch = self.pseudo_label(batch, teacher["pred"])

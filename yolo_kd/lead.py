@@ -147,6 +147,24 @@ class LeadGate:
         self.margin = margin
         self.last = 1.0
 
+    def epoch_share(self, epoch: int, student_best: float | None, device: torch.device, distributed: bool) -> float:
+        """``share`` on rank 0, the same number on every rank of a multi-process run (only rank 0 knows the student's
+        best), or 1.0 everywhere without ``kd_lead`` (no collective then).
+
+        Args:
+            epoch: The epoch about to run, from 0.
+            student_best: The student's best validation fitness so far (None before its first validation).
+            device: This rank's device.
+            distributed: Whether a process group runs.
+
+        Returns:
+            The share in [0, 1].
+        """
+        share = self.share(epoch, student_best)
+        if self.margin > 0 and distributed:
+            share = compat.broadcast_float(share, device)
+        return share
+
     def share(self, epoch: int, student_best: float | None) -> float:
         """This epoch's share of the KD gains; logged when it changes.
 

@@ -182,15 +182,8 @@ class KDDetectionTrainer(DetectionTrainer):
         )
         if self.kd_cfg.kd_lead > 0:  # the teacher's score on the student's validation set, once (see lead.py)
             names = dict(enumerate(name_list(self.data["names"])))
-            self._lead = measure_lead(
-                self.teacher,
-                self.get_validator(),
-                self.data,
-                self.class_pairs,
-                names,
-                self.kd_cfg.kd_lead,
-                validates=bool(self.args.val),
-            )
+            args = (self.teacher, self.get_validator(), self.data, self.class_pairs, names, self.kd_cfg.kd_lead)
+            self._lead = measure_lead(*args, validates=bool(self.args.val))
 
     def preprocess_batch(self, batch: dict) -> dict:
         """Ultralytics' preprocessing, then the teacher's pass on the final images (see ``KDLoss.prefetch``).
@@ -240,9 +233,8 @@ class KDDetectionTrainer(DetectionTrainer):
         criterion = self._kd_loss()
         if criterion is not None:
             mixing = bool(sample_mixing(self.args, self.epoch, self.epochs))
-            lead = self._lead.share(self.epoch, self.best_fitness)
-            if self.kd_cfg.kd_lead > 0 and self.world_size > 1 and torch.distributed.is_initialized():
-                lead = compat.broadcast_float(lead, self.device)  # only rank 0 knows the student's best
+            distributed = self.world_size > 1 and torch.distributed.is_initialized()
+            lead = self._lead.epoch_share(self.epoch, self.best_fitness, self.device, distributed)
             criterion.set_epoch(self.epoch, self.epochs, mixing, lead)
 
     def _report_dropped_kd(self) -> None:
