@@ -9,7 +9,7 @@ import torch
 
 from yolo_kd.config import KDConfig
 from yolo_kd.criterion import KDLoss, guard_non_finite
-from yolo_kd.distiller import Distiller, add_connector_group
+from yolo_kd.distiller import MAX_GRAD_NORM, Distiller, add_connector_group, clip_connector_gradients
 
 
 def _loss(unlabeled: set[str] | None = None, **kd: float) -> KDLoss:
@@ -111,3 +111,28 @@ def test_connectors_get_their_own_group_without_decay_at_lr0() -> None:
     add_connector_group(optimizer, None, lr=0.01)  # no distiller, no group
     add_connector_group(optimizer, Distiller([4, 8], [8, 16], KDConfig(kd_feat=0.0)), lr=0.01)  # no connectors
     assert len(optimizer.param_groups) == 2
+
+
+def test_connector_gradients_are_clipped_like_the_students() -> None:
+    distiller = Distiller([4, 8], [8, 16], KDConfig(kd_feat=1.0))
+    for p in distiller.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    big = torch.cat([p.grad.flatten() for p in distiller.parameters()]).norm()
+    assert big > MAX_GRAD_NORM
+    clip_connector_gradients(distiller)
+    norm = torch.cat([p.grad.flatten() for p in distiller.parameters()]).norm()
+    assert torch.isclose(norm, torch.tensor(MAX_GRAD_NORM), rtol=1e-4)
+    # AMP's still-scaled gradients: the bound scales with them, so the unscaled norm ends at 10 as well
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    for p in distiller.parameters():
+        p.grad = torch.full_like(p, 3.0 * 1024.0)
+    clip_connector_gradients(distiller, scaler)
+    norm = torch.cat([p.grad.flatten() for p in distiller.parameters()]).norm() / 1024.0
+    assert torch.isclose(norm, torch.tensor(MAX_GRAD_NORM), rtol=1e-4)
+    small = Distiller([4, 8], [8, 16], KDConfig(kd_feat=1.0))
+    for p in small.parameters():
+        p.grad = torch.full_like(p, 1e-3)
+    before = [p.grad.clone() for p in small.parameters()]
+    clip_connector_gradients(small, scaler)  # 1e-3 * sqrt(n) under 10 * 1024: untouched
+    assert all(torch.equal(b, p.grad) for b, p in zip(before, small.parameters()))
+    clip_connector_gradients(None)  # no distiller: nothing to do

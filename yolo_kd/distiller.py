@@ -12,6 +12,7 @@ from .connectors import MGDGenerator
 from .losses import FEATURE_LOSSES, ChannelWiseKD, DistributionKD, SigmoidLogitKD
 
 KD_TERMS = ("kd_cls", "kd_box", "kd_feat", "kd_cross")  # the names of the terms, and of their results.csv columns
+MAX_GRAD_NORM = 10.0  # the norm Ultralytics' optimizer_step clips the student's gradients to
 
 
 def box_kd_reason(cfg: KDConfig, reg_max: int, teacher_reg_max: int) -> str | None:
@@ -155,3 +156,22 @@ def add_connector_group(optimizer: torch.optim.Optimizer, distiller: Distiller |
     if params:
         base = {k: v for k, v in optimizer.param_groups[0].items() if k not in {"params", "param_group"}}
         optimizer.add_param_group({**base, "params": params, "weight_decay": 0.0, "param_group": "kd", "lr": lr})
+
+
+def clip_connector_gradients(distiller: Distiller | None, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Clip the connectors' gradients to the norm Ultralytics clips the student's gradients to (it clips only those).
+
+    Ultralytics' ``optimizer_step`` unscales AMP's loss scale and then clips ``model.parameters()``: the connectors,
+    outside the student, would step unclipped, and a spike of the feature loss (MGD regresses raw teacher activations)
+    would move them freely. This runs before that step, on gradients still multiplied by the loss scale, so the bound
+    is scaled alike (clipping ``g * s`` to ``10 * s`` is clipping ``g`` to 10). Non-finite gradients stay non-finite,
+    so AMP's scaler still skips the step.
+
+    Args:
+        distiller: The distiller; nothing happens without it or without gradients.
+        scaler: Ultralytics' AMP scaler (its scale is 1.0 when AMP is off), or None: unscaled gradients.
+    """
+    params = [p for p in distiller.parameters() if p.grad is not None] if distiller is not None else []
+    if params:  # read the scale only then: on CUDA it costs a sync, and most runs have no connectors
+        scale = scaler.get_scale() if scaler is not None else 1.0
+        torch.nn.utils.clip_grad_norm_(params, max_norm=MAX_GRAD_NORM * scale)

@@ -20,7 +20,7 @@ from . import checkpoint, compat, report
 from .classes import name_list
 from .config import kd_keys
 from .criterion import KDLoss, build_kd
-from .distiller import Distiller, add_connector_group
+from .distiller import Distiller, add_connector_group, clip_connector_gradients
 from .inherit import init_student
 from .lead import LeadGate, measure_lead
 from .mixing import sample_mixing, unlabeled_training_list
@@ -244,9 +244,12 @@ class KDDetectionTrainer(DetectionTrainer):
             report.warn_dropped(self.epoch + 1, criterion.pop_dropped_steps())
 
     def optimizer_step(self) -> None:
-        """Average the connectors' gradients over ranks (they are outside DDP), then step as Ultralytics does."""
-        if self.world_size > 1 and self.distiller is not None and torch.distributed.is_initialized():
-            compat.average_gradients(self.distiller.parameters(), self.world_size)
+        """Average the connectors' gradients over ranks (they are outside DDP) and clip them as Ultralytics clips the
+        student's, then step as Ultralytics does."""
+        if self.distiller is not None:
+            if self.world_size > 1 and torch.distributed.is_initialized():
+                compat.average_gradients(self.distiller.parameters(), self.world_size)
+            clip_connector_gradients(self.distiller, self.scaler)
         super().optimizer_step()
 
     def _handle_nan_recovery(self, epoch: int) -> bool:
