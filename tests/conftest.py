@@ -19,6 +19,16 @@ import ultralytics  # noqa: E402, F401
 IMGSZ = 64
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto`` (pyproject's addopts): one per core, at most 4.
+
+    Ultralytics trains on one thread per process on 2 cores (``NUM_THREADS``), so two workers there halve the suite's
+    time (README, "Tests"). Each worker builds the session fixtures (a teacher, a KD run) itself, hence the cap: a
+    many-core machine does not train them dozens of times over.
+    """
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @pytest.fixture(scope="session")
 def data_yaml(tmp_path_factory: pytest.TempPathFactory) -> str:
     from yolo_kd.dataset import make_dataset
