@@ -5,7 +5,8 @@ the same settings) -> baseline and distilled students (same seed, epochs, settin
 export of the distilled student (when the export extra is installed) -> ``report.md`` and ``report.png`` in the project
 folder. A project folder holding an earlier demo's results is redone only with ``overwrite=True``.
 
-Two regimes, each within 20 minutes on 2 CPU cores. ``finetune`` (the default: the regime users are in, as they
+Two regimes, each within 20 minutes on 2 AVX-512 CPU cores (several times that on cores without AVX-512: README).
+``finetune`` (the default: the regime users are in, as they
 fine-tune ``yolov8n.pt``): a generated ``source`` domain plays COCO's part; the student and a deeper teacher (YOLOv8m)
 are pretrained on it, the teacher is fine-tuned on the target, and both students fine-tune the source-pretrained
 student. ``scratch``: both students start from a random init (the distilled one from the teacher's weights where
