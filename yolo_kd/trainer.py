@@ -132,7 +132,7 @@ class KDDetectionTrainer(DetectionTrainer):
                 self.teacher_path,
                 # under QAT the teacher is the fp32 reference the quantized student learns to match
                 teacher_amp=self.kd_cfg.kd_teacher_amp and self.args.quantize != 8,
-                distributed=self.world_size > 1 and torch.distributed.is_initialized(),
+                distributed=self._distributed,
                 resume_state=self._resume_state,
             )
             self.teacher, self.distiller = kd.teacher, kd.distiller
@@ -219,6 +219,11 @@ class KDDetectionTrainer(DetectionTrainer):
                 return super().build_dataset(str(mixed), mode, batch)
         return super().build_dataset(img_path, mode, batch)
 
+    @property
+    def _distributed(self) -> bool:
+        """Whether this rank runs in a process group (DDP), where rank-local KD state must be shared."""
+        return self.world_size > 1 and torch.distributed.is_initialized()
+
     def _kd_loss(self) -> KDLoss | None:
         """The live student's KD criterion.
 
@@ -233,8 +238,7 @@ class KDDetectionTrainer(DetectionTrainer):
         criterion = self._kd_loss()
         if criterion is not None:
             mixing = bool(sample_mixing(self.args, self.epoch, self.epochs))
-            distributed = self.world_size > 1 and torch.distributed.is_initialized()
-            lead = self._lead.epoch_share(self.epoch, self.best_fitness, self.device, distributed)
+            lead = self._lead.epoch_share(self.epoch, self.best_fitness, self.device, self._distributed)
             criterion.set_epoch(self.epoch, self.epochs, mixing, lead)
 
     def _report_dropped_kd(self) -> None:
@@ -246,10 +250,9 @@ class KDDetectionTrainer(DetectionTrainer):
     def optimizer_step(self) -> None:
         """Average the connectors' gradients over ranks (they are outside DDP) and clip them as Ultralytics clips the
         student's, then step as Ultralytics does."""
-        if self.distiller is not None:
-            if self.world_size > 1 and torch.distributed.is_initialized():
-                compat.average_gradients(self.distiller.parameters(), self.world_size)
-            clip_connector_gradients(self.distiller, self.scaler)
+        if self.distiller is not None and self._distributed:
+            compat.average_gradients(self.distiller.parameters(), self.world_size)
+        clip_connector_gradients(self.distiller, self.scaler)
         super().optimizer_step()
 
     def _handle_nan_recovery(self, epoch: int) -> bool:
