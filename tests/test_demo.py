@@ -6,8 +6,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from yolo_kd.cli import main
+from yolo_kd.demo import slow_cpu_note
 
 from .conftest import IMGSZ
 
@@ -151,3 +153,15 @@ def test_finetune_regime_starts_both_students_from_the_source_pretrained_student
     assert sorted(project.glob("*_yolov8*")) == cached
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes
     assert "source-pretrained student reused; teacher reused." in (project / "report.md").read_text()
+
+
+def test_the_demo_warns_only_on_a_cpu_without_avx512(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert "AVX2" in slow_cpu_note("cpu") and "AVX2" in slow_cpu_note(None)
+    assert slow_cpu_note("0") is None  # a GPU
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert slow_cpu_note("cpu") is None and slow_cpu_note(None) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert slow_cpu_note(None) is None  # Ultralytics picks the GPU

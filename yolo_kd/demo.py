@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from ultralytics import YOLO
 from ultralytics.utils import LOGGER, colorstr
 
@@ -80,6 +81,27 @@ DEMO_OUTPUTS = ("baseline", "distilled", "report.md", "report.png", "report.json
 
 def _stage(i: int, n: int, text: str) -> None:
     LOGGER.info(f"\n{colorstr('bold', 'blue', f'yolo-kd demo [{i}/{n}]')} {text}")
+
+
+def slow_cpu_note(device: Any) -> str | None:
+    """A line for users whose CPU runs torch without AVX-512, where the demo's defaults take several times longer.
+
+    The README's demo times were measured on 2 AVX-512 cores; a 2-core AVX2 machine took 70 minutes against 11
+    (docs/BENCHMARKS.md). Saying so at the start spares a user who expected 20 minutes from thinking it hangs.
+
+    Args:
+        device: The demo's ``device`` (None: Ultralytics' choice, a GPU when there is one).
+
+    Returns:
+        The line, or None on a GPU or an AVX-512 CPU (and on CPUs that were not measured).
+    """
+    on_cpu = str(device).lower() == "cpu" or (device in (None, "") and not torch.cuda.is_available())
+    if not on_cpu or torch.backends.cpu.get_cpu_capability() != "AVX2":
+        return None
+    return (
+        "this CPU runs torch's AVX2 kernels, without AVX-512: at its defaults the demo takes several times the time "
+        "the README gives for AVX-512 cores (its times for AVX2 cores are beside them); its shorter command is quick"
+    )
 
 
 def _metrics(model: YOLO, data: str, imgsz: int, batch: int, device: Any, project: Path, name: str) -> dict[str, float]:
@@ -151,6 +173,8 @@ def run_demo(**overrides: Any) -> Path:
     finetune = cfg["regime"] == "finetune"
     stages = itertools.count(1)
     n, t0 = 7 if finetune else 6, time.time()
+    if note := slow_cpu_note(cfg["device"]):
+        LOGGER.warning(note)
 
     _stage(next(stages), n, "dataset" + (" (target, and the source domain for pretraining)" if finetune else ""))
     name = f"kdshapes_{cfg['n_train']}_{cfg['n_val']}_{cfg['imgsz']}"  # one dataset per size, each reused as made
