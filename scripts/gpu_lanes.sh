@@ -9,6 +9,9 @@
 #   bash scripts/gpu_lanes.sh EPOCHS DEADLINE_SECONDS      # results in $OUT (table.md, accuracy_results.jsonl, runs.tgz)
 #   TEACHER_MODEL=yolov8x.yaml bash scripts/gpu_lanes.sh ...   # the mission's own pair: trains a yolov8x teacher first
 #                                                               # unless one is carried (TEACHER_EPOCHS, default 150)
+#   IMGSZ=64 bash scripts/gpu_lanes.sh 100 DEADLINE_SECONDS   # the 64-px stand-in of docs/BENCHMARKS.md, with its
+#       stages carried (they fit the 64 MiB that travels: the stripped yolov8m teacher is 52 MB, the student 6 MB);
+#       a carried teacher must have been trained at the IMGSZ given (the script cannot tell)
 #
 # Schedule: 60 epochs is early training here (a 120-epoch baseline still rises 3.9 points over its last quarter,
 # docs/BENCHMARKS.md); for the plateau give EPOCHS of 300 or more, and a teacher trained longer than the 50-epoch one
@@ -18,6 +21,7 @@
 # logit and box gains, temperature 1. RUNS replaces the list (bench_lanes.py's --runs syntax).
 epochs=${1:-60}; deadline=${2:-500}; device=${DEVICE:-0}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 tmodel=${TEACHER_MODEL:-yolov8m.yaml}; tepochs=${TEACHER_EPOCHS:-150}
+imgsz=${IMGSZ:-128}; tsource=${TEACHER_SOURCE_EPOCHS:-30}  # the 64-px stand-in: IMGSZ=64 TEACHER_SOURCE_EPOCHS=10
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD YOLO_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi -L; nproc
@@ -26,7 +30,7 @@ W=/tmp/w; mkdir -p $W
 T=$(ls gpu_carry/teacher_*/weights/best.pt 2>/dev/null); S=$(ls gpu_carry/pretrain_yolov8n_*/weights/best.pt 2>/dev/null)
 if [ -z "$T" ] || [ -z "$S" ]; then  # nothing carried: train the teacher (150 epochs) and the pretrained student here
   python3 scripts/bench_accuracy.py --prepare-only --methods baseline --regime finetune --teacher-model "$tmodel" \
-    --imgsz 128 --epochs "$epochs" --teacher-epochs "$tepochs" --source-epochs 20 --teacher-source-epochs 30 \
+    --imgsz "$imgsz" --epochs "$epochs" --teacher-epochs "$tepochs" --source-epochs 20 --teacher-source-epochs "$tsource" \
     --source-n-train 400 --device "$device" --project $W/bench --data-root $W/data > "$OUT/prepare.log" 2>&1 || exit 1
   T=$(ls $W/bench/finetune/teacher_best_*/weights/best.pt); S=$(ls $W/bench/finetune/pretrain_yolov8n_*/weights/best.pt)
 fi
@@ -34,7 +38,7 @@ deadline=$((deadline - SECONDS))  # what the install and any stage training left
 runs=${RUNS:-baseline native default "default:kd_cross=1" "default:kd_cls=2,kd_box=1" "default:kd_cls_temp=1,kd_box_temp=1"}
 eval "set -- $runs"  # the quoted entries stay whole
 python3 scripts/bench_lanes.py --runs "$@" --seeds 0 1 2 --lanes 18 --deadline "$deadline" --logs $W/lanes -- \
-  --regime finetune --teacher "$T" --pretrained-student "$S" --imgsz 128 --epochs "$epochs" --device "$device" \
+  --regime finetune --teacher "$T" --pretrained-student "$S" --imgsz "$imgsz" --epochs "$epochs" --device "$device" \
   --project $W/bench --data-root $W/data --out "$OUT/table.md" > "$OUT/driver.log" 2>&1
 cp $W/bench/finetune/accuracy_results.jsonl "$OUT/accuracy_results.jsonl"
 tar czf "$OUT/runs.tgz" --exclude='*.pt' -C $W lanes bench
