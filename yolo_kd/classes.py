@@ -13,7 +13,7 @@ def name_list(names: Any) -> list[str]:
 
 
 def norm_name(name: Any) -> str:
-    """Class names compare case-, space- and underscore-insensitively ('Traffic Light' == 'traffic_light')."""
+    """Class names compare case-, space-, underscore- and hyphen-insensitively ('Traffic Light' == 'traffic_light')."""
     return str(name).lower().replace(" ", "").replace("_", "").replace("-", "")
 
 

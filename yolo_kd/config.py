@@ -91,7 +91,8 @@ class KDConfig:
     YOLO26 layer kinds, else evenly spaced with a warning) or 'even' (evenly spaced, weight selection's choice)."""
     kd_class_map: str | dict | None = None
     """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
-    matched by name (case, spaces and underscores ignored). Student classes without a teacher class get no logit KD."""
+    matched by name (case, spaces, underscores and hyphens ignored). Student classes without a teacher class get no
+    logit KD."""
     unlabeled: str | None = None
     """Folder of unlabeled images that join the training batches; on them the student learns from the teacher alone
     (every KD term, plus the teacher's confident boxes as pseudo-labels)."""
