@@ -224,3 +224,24 @@ def test_under_ddp_rank_0_scores_the_whole_validation_set_and_shares_it(data_yam
     assert 0.1 < alone < 0.99
     assert rank0["fitness"] == pytest.approx(alone) and rank1["fitness"] is None
     assert rank0["shared"] == rank1["shared"] == pytest.approx(alone)
+
+
+def test_a_teacher_scoring_under_kd_lead_is_warned_about() -> None:
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    from yolo_kd.report import log_teacher_fitness
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    LOGGER.addHandler(handler)
+    try:
+        log_teacher_fitness(0.35, 0.02, 1.0)
+        assert [r.levelno for r in records] == [logging.INFO]
+        log_teacher_fitness(0.01, 0.02, 1.0)
+    finally:
+        LOGGER.removeHandler(handler)
+    assert [r.levelno for r in records[1:]] == [logging.INFO, logging.WARNING]
+    assert "under kd_lead=0.02" in records[-1].getMessage()

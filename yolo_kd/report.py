@@ -97,10 +97,17 @@ def log_teacher_fitness(fitness: float, margin: float, seconds: float) -> None:
         margin: ``kd_lead``.
         seconds: How long the validation took.
     """
-    if _main_process():
-        LOGGER.info(
-            f"{PREFIX} teacher on the validation set: mAP50-95 {fitness:.4f} ({seconds:.1f}s); the KD gains follow "
-            f"its lead over the student's best, whole from a lead of {margin} (kd_lead)"
+    if not _main_process():
+        return
+    LOGGER.info(
+        f"{PREFIX} teacher on the validation set: mAP50-95 {fitness:.4f} ({seconds:.1f}s); the KD gains follow "
+        f"its lead over the student's best, whole from a lead of {margin} (kd_lead)"
+    )
+    if fitness < margin:  # the gains shrink from the student's first validation on: likely a teacher that is wrong
+        LOGGER.warning(
+            f"{PREFIX} the teacher scores {fitness:.4f} mAP50-95 on this validation set, under kd_lead={margin}: "
+            "the KD gains shrink from the student's first validation and stop once it scores that much; check the "
+            "teacher (its data, its classes, how long it trained)"
         )
 
 
