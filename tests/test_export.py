@@ -39,6 +39,11 @@ def test_onnx_export_is_verified(student: Path, data_yaml: str) -> None:
     assert abs(report["mAP50-95"]["drop"]) <= 0.005
 
 
+def test_torchscript_export_is_verified(student: Path, data_yaml: str) -> None:
+    report = _export(student, data_yaml, "torchscript")  # a format whose exporter takes no data= argument
+    assert report["exported"].endswith(".torchscript") and abs(report["mAP50-95"]["drop"]) <= 0.005
+
+
 def test_litert_export_is_verified(student: Path, data_yaml: str) -> None:
     if importlib.util.find_spec("ai_edge_litert") is None or importlib.util.find_spec("litert_torch") is None:
         pytest.skip("LiteRT packages not installed (pip install -e .[export]); CI installs them")
@@ -67,8 +72,11 @@ def test_int8_export_of_the_fp32_student_is_calibrated_and_reported(student: Pat
     modules = {"onnx": ["onnxruntime"], "litert": ["ai_edge_litert", "litert_torch"], "openvino": ["openvino"]}[fmt]
     if any(importlib.util.find_spec(m) is None for m in modules):
         pytest.skip(f"{fmt} packages not installed (pip install -e .[export]); CI installs them")
+    earlier = student.with_suffix(".onnx")  # an fp32 export: the INT8 one has another name, so it is no obstacle
+    earlier.write_bytes(b"the fp32 export")
     argv = ["export", f"model={student}", f"format={fmt}", "quantize=8", f"data={data_yaml}", "runs=3"]
     assert main(argv) == 0
+    assert earlier.read_bytes() == b"the fp32 export"
     report = json.loads((student.parent / f"student_{fmt}_int8_export_report.json").read_text())
     assert report["passed"] and report["precision"] == "int8"
     assert report["int8_ranges"] == f"calibrated on {data_yaml}"
@@ -126,6 +134,9 @@ def test_bad_requests_are_refused_in_one_line(student: Path, data_yaml: str, cap
     )
     if not __import__("torch").cuda.is_available():
         assert "needs a CUDA GPU" in _refused([f"model={student}", "format=engine"], folder, capsys)
+    onnx = [f"model={student}", "format=onnx", f"data={data_yaml}"]
+    assert "nms=True: yolo-kd verifies" in _refused([*onnx, "nms=True"], folder, capsys)
+    assert "batch=4: a static batch other than 1" in _refused([*onnx, "batch=4"], folder, capsys)
     onnx8 = [f"model={student}", "format=onnx", "quantize=8", f"data={data_yaml}"]
     assert "int8_box_tail= applies to full-INT8 LiteRT" in _refused([*onnx8, "int8_box_tail=float"], folder, capsys)
     assert "int8_box_tail='int4': choose one of float, int16, int8" in _refused(

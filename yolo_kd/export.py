@@ -95,6 +95,7 @@ def check_request(
     device: str | None,
     is_qat: bool,
     int8_box_tail: str | None = None,
+    export_kwargs: dict[str, Any] | None = None,
 ) -> None:
     """Refuse, in one line, what cannot work here, before anything is written.
 
@@ -105,12 +106,24 @@ def check_request(
         device: The export device.
         is_qat: The checkpoint carries QAT quantizers.
         int8_box_tail: The ``int8_box_tail=`` given, if any.
+        export_kwargs: The further Ultralytics export arguments given.
     """
     from ultralytics.engine.exporter import FP16_FORMATS, FP32_UNSUPPORTED_FORMATS, INT8_FORMATS
 
     known = formats()
     if fmt not in known:
         raise ExportError(f"format={fmt} is unknown; Ultralytics exports: {', '.join(sorted(known))}")
+    kwargs = export_kwargs or {}
+    if kwargs.get("nms"):  # its (max_det, 6) output has nothing to compare with the student's raw (4 + nc, anchors)
+        raise ExportError(
+            "nms=True: yolo-kd verifies the exported graph's raw outputs against the student's, and an NMS graph has "
+            "none; export without nms (NMS then runs in Ultralytics' predictor), or with Ultralytics' own exporter"
+        )
+    if kwargs.get("batch", 1) != 1 and not kwargs.get("dynamic"):  # verification feeds one image at a time
+        raise ExportError(
+            f"batch={kwargs['batch']}: a static batch other than 1 cannot be verified image by image; add dynamic=True "
+            "(batch is then the largest batch the model takes)"
+        )
     if fmt == "engine" and not torch.cuda.is_available():
         raise ExportError("format=engine (TensorRT) needs a CUDA GPU, and this machine has none")
     if int8_box_tail is not None:
@@ -272,7 +285,7 @@ def export_and_verify(
     data: str | None = None,
     device: str | None = None,
     runs: int = 20,
-    batch: int = 8,
+    val_batch: int = 8,
     overwrite: bool = False,
     half: bool | None = None,
     int8: bool | None = None,
@@ -293,7 +306,7 @@ def export_and_verify(
         data: Data YAML to validate on (default: the one recorded in the checkpoint).
         device: Export device.
         runs: Latency repetitions.
-        batch: PyTorch validation batch size.
+        val_batch: The PyTorch student's validation batch size (``batch`` is Ultralytics' export batch).
         overwrite: Replace an earlier export and report of the same names (only once the new one passed).
         half: Deprecated, ``quantize=16`` (Ultralytics' alias, with its warning).
         int8: Deprecated, ``quantize=8`` (Ultralytics' alias, with its warning).
@@ -314,7 +327,7 @@ def export_and_verify(
     quantize = export_precision(quantize, half, int8)
     # int8 calibrates on images the user names (a QAT checkpoint learnt its ranges); verification may fall back to
     # the training data
-    check_request(format, quantize, data, device, is_qat, int8_box_tail)
+    check_request(format, quantize, data, device, is_qat, int8_box_tail, export_kwargs)
     quantize = 8 if is_qat else quantize  # the Q/DQ graph of a QAT checkpoint is INT8 whatever was asked
     box_tail = (int8_box_tail or "float") if format == "litert" and quantize == 8 else None
     data = data or train_args.get("data")
@@ -323,7 +336,12 @@ def export_and_verify(
         raise ExportError("no validation data to verify against: pass data=path/to/data.yaml")
     check_writable("model", pt.parent)
     base = report_base(pt, format, precision_name(quantize))
-    _check_free([pt.parent / f"{pt.stem}{formats()[format]}", pt.parent / f"{base}.json"], overwrite)
+    # An fp32/fp16 export is named <stem><suffix>; Ultralytics names quantized ones otherwise (best_int8.onnx, ...),
+    # which the check of the exported file's own name below covers.
+    plain = [pt.parent / f"{pt.stem}{formats()[format]}"] if quantize in {None, 16, 32} else []
+    _check_free([*plain, pt.parent / f"{base}.json", pt.parent / f"{base}.md"], overwrite)
+    # data= only where it calibrates: Ultralytics refuses it for formats without INT8 calibration (torchscript, ...)
+    calibration = {"data": data} if quantize in {8, "w8a16"} else {}
     work = Path(tempfile.mkdtemp(prefix=".yolo_kd_export_", dir=pt.parent))
     try:
         copy = work / pt.name
@@ -338,8 +356,8 @@ def export_and_verify(
                     format="onnx" if via_onnx else format,
                     imgsz=imgsz,
                     quantize=quantize,
-                    data=data,
                     device=device,
+                    **calibration,
                     **export_kwargs,
                 )
             )
@@ -350,7 +368,7 @@ def export_and_verify(
         final = pt.parent / exported.name
         _check_free([final], overwrite)
         v = Verification(
-            copy, exported, format, imgsz, quantize, reference, data, check_det_dataset(data), runs, batch, is_qat
+            copy, exported, format, imgsz, quantize, reference, data, check_det_dataset(data), runs, val_batch, is_qat
         )
         report = {**verify(v, pt, final), "int8_box_tail": box_tail}
         _place(report, exported, final, work)

@@ -376,9 +376,11 @@ def _link(image: Path, link: Path, resume: bool) -> None:
         return
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
+    # A run killed between link and move leaves its temporary link; copying through it would write into its target.
+    tmp.unlink(missing_ok=True)
     try:
         os.symlink(image, tmp)
-    except OSError:
+    except OSError:  # a file system without symbolic links
         shutil.copy2(image, tmp)
     os.replace(tmp, link)
 
@@ -455,6 +457,8 @@ def run_teacher(plan: LabelPlan, req: LabelRequest) -> LabelTally:
 def write_data_yaml(plan: LabelPlan) -> Path:
     """Write ``out/data.yaml`` last, so a dataset under its final name is always complete.
 
+    A resumed run keeps the data YAML its earlier run wrote: the user may have edited it since (as they may the labels).
+
     Args:
         plan: From ``plan_labels``.
 
@@ -468,7 +472,8 @@ def write_data_yaml(plan: LabelPlan) -> Path:
         "names": dict(enumerate(plan.names)),
     }
     path = plan.out / "data.yaml"
-    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+    if not (plan.resume and path.is_file()):
+        write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 
