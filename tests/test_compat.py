@@ -39,10 +39,11 @@ def test_kd_keys_hidden_from_args_inside_the_block_only() -> None:
 
 
 def test_checkpoint_paths_redirected_inside_the_block_only(tmp_path) -> None:
-    trainer = SimpleNamespace(last=tmp_path / "last.pt", best=tmp_path / "best.pt")
+    trainer = SimpleNamespace(last=tmp_path / "last.pt", best=tmp_path / "best.pt", save_period=1)
     with checkpoints_written_to(trainer, tmp_path / "a.pt", tmp_path / "b.pt"):
         assert (trainer.last.name, trainer.best.name) == ("a.pt", "b.pt")
-    assert (trainer.last.name, trainer.best.name) == ("last.pt", "best.pt")
+        assert trainer.save_period < 1  # Ultralytics writes no epoch{N}.pt in place; the caller writes it whole
+    assert (trainer.last.name, trainer.best.name, trainer.save_period) == ("last.pt", "best.pt", 1)
 
 
 def test_callbacks_added_once_even_when_the_trainer_already_holds_them() -> None:

@@ -271,18 +271,20 @@ def checkpoints_written_to(trainer: Any, last: Path, best: Path) -> Iterator[Non
 
     Ultralytics writes its checkpoint files in place, so a kill in mid-write would leave a truncated ``last.pt``;
     the caller completes the scratch files and moves them into place atomically (``checkpoint.complete_checkpoints``).
+    Its ``save_period`` copy (``epoch{N}.pt``) is written in place too, so inside the block it writes none: the caller
+    writes that copy atomically (``checkpoint.periodic_copy``).
 
     Args:
-        trainer: The trainer whose ``last``/``best`` paths ``save_model`` reads.
+        trainer: The trainer whose ``last``/``best`` paths and ``save_period`` ``save_model`` reads.
         last: Scratch path for ``last.pt``.
         best: Scratch path for ``best.pt``.
     """
-    own = trainer.last, trainer.best
-    trainer.last, trainer.best = last, best
+    own = trainer.last, trainer.best, trainer.save_period
+    trainer.last, trainer.best, trainer.save_period = last, best, -1
     try:
         yield
     finally:
-        trainer.last, trainer.best = own
+        trainer.last, trainer.best, trainer.save_period = own
 
 
 @contextmanager
