@@ -21,6 +21,8 @@ import importlib.util
 import itertools
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,7 +339,16 @@ def _export(weights: str, imgsz: int) -> str | None:
     if importlib.util.find_spec("onnx") is None:
         LOGGER.info("ONNX export skipped: install the export extra (pip install -e .[export]) to enable it")
         return None
-    return YOLO(weights).export(format="onnx", imgsz=imgsz, device="cpu")
+    src = Path(weights)
+    # Ultralytics writes the ONNX file beside its checkpoint, in place: export a copy in a private folder and move the
+    # whole file into place, so a kill never leaves half a best.onnx
+    with tempfile.TemporaryDirectory(prefix=".yolo_kd_demo_export_", dir=src.parent) as work:
+        copy = Path(work) / src.name
+        shutil.copy2(src, copy)
+        made = Path(YOLO(str(copy)).export(format="onnx", imgsz=imgsz, device="cpu"))
+        final = src.with_suffix(".onnx")
+        os.replace(made, final)
+    return str(final)
 
 
 def _read_csv(path: Path) -> dict[str, list[float]]:
