@@ -204,7 +204,11 @@ def _first_tensor(y: Any) -> torch.Tensor:
 def _raw_outputs_and_latency(
     weights: Path, images: list[torch.Tensor], runs: int, device: torch.device, fp16: bool = False
 ) -> tuple[list, float]:
-    """Raw decoded outputs on ``images`` through Ultralytics' AutoBackend, and the median ms per image."""
+    """Raw decoded outputs on ``images`` through Ultralytics' AutoBackend, and the median ms per image.
+
+    The images go in as fp32: AutoBackend casts them to half only where the model's input binding is fp16 (an fp16
+    TensorRT engine built with the fp16 flag keeps fp32 inputs, and would read a half tensor as garbage).
+    """
     from ultralytics.nn.autobackend import AutoBackend
 
     backend = AutoBackend(str(weights), device=device, fp16=fp16, verbose=False)
@@ -212,11 +216,10 @@ def _raw_outputs_and_latency(
     outputs, times = [], []
     with torch.no_grad():
         for im in images:
-            outputs.append(_first_tensor(backend(im.to(device).half() if fp16 else im.to(device))))
+            outputs.append(_first_tensor(backend(im.to(device))))
         for _ in range(runs):
             for im in images:
-                x = im.to(device).half() if fp16 else im.to(device)
-                times.append(wall_seconds(partial(backend, x), device) * 1000)
+                times.append(wall_seconds(partial(backend, im.to(device)), device) * 1000)
     return outputs, statistics.median(times)
 
 
