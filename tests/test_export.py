@@ -44,6 +44,13 @@ def test_torchscript_export_is_verified(student: Path, data_yaml: str) -> None:
     assert report["exported"].endswith(".torchscript") and abs(report["mAP50-95"]["drop"]) <= 0.005
 
 
+def test_the_export_size_is_rounded_up_to_the_stride_as_ultralytics_exports_it() -> None:
+    from yolo_kd.export import canonical_format, export_size
+
+    assert export_size(80, 32) == 96 and export_size(64, 32) == 64
+    assert canonical_format("TFLite") == "litert" and canonical_format("trt") == "engine"
+
+
 def test_litert_export_is_verified(student: Path, data_yaml: str) -> None:
     if importlib.util.find_spec("ai_edge_litert") is None or importlib.util.find_spec("litert_torch") is None:
         pytest.skip("LiteRT packages not installed (pip install -e .[export]); CI installs them")
@@ -136,6 +143,9 @@ def test_bad_requests_are_refused_in_one_line(student: Path, data_yaml: str, cap
         assert "needs a CUDA GPU" in _refused([f"model={student}", "format=engine"], folder, capsys)
     onnx = [f"model={student}", "format=onnx", f"data={data_yaml}"]
     assert "nms=True: yolo-kd verifies" in _refused([*onnx, "nms=True"], folder, capsys)
+    assert "imgsz=[64, 96]: give one whole number" in _refused([*onnx, "imgsz=[64,96]"], folder, capsys)
+    if not __import__("torch").cuda.is_available():  # Ultralytics' alias of engine, checked as engine
+        assert "needs a CUDA GPU" in _refused([f"model={student}", "format=TensorRT"], folder, capsys)
     assert "batch=4: a static batch other than 1" in _refused([*onnx, "batch=4"], folder, capsys)
     onnx8 = [f"model={student}", "format=onnx", "quantize=8", f"data={data_yaml}"]
     assert "int8_box_tail= applies to full-INT8 LiteRT" in _refused([*onnx8, "int8_box_tail=float"], folder, capsys)

@@ -55,6 +55,34 @@ def formats() -> dict[str, str]:
     return {arg: suffix for arg, suffix in zip(table["Argument"], table["Suffix"]) if arg != "-"}
 
 
+# Format names Ultralytics' Exporter also accepts (8.4.190), mapped as it maps them, so that the checks here see the
+# format it will export.
+FORMAT_ALIASES = {"tensorrt": "engine", "trt": "engine", "tflite": "litert"}
+
+
+def canonical_format(fmt: str) -> str:
+    """Ultralytics' name for format ``fmt``: lower case, its aliases mapped (``tflite`` -> ``litert``, ...)."""
+    fmt = str(fmt).lower()
+    return FORMAT_ALIASES.get(fmt, fmt)
+
+
+def export_size(imgsz: Any, stride: int) -> int:
+    """The square export size: ``imgsz`` rounded up to the model's stride, as Ultralytics' exporter rounds it.
+
+    Args:
+        imgsz: The size given (a whole number).
+        stride: The model's largest stride.
+
+    Returns:
+        The size the exported model takes, which verification letterboxes its images to.
+    """
+    from ultralytics.utils.checks import check_imgsz
+
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 1:
+        raise ExportError(f"imgsz={imgsz}: give one whole number (yolo-kd exports and verifies square inputs)")
+    return int(check_imgsz(imgsz, stride=stride, max_dim=1))
+
+
 def resolve_checkpoint(model: str | Path) -> Path:
     """A checkpoint path, or a run folder (then its ``weights/best.pt``)."""
     path = Path(model)
@@ -324,6 +352,7 @@ def export_and_verify(
     from ultralytics import YOLO
     from ultralytics.data.utils import check_det_dataset
 
+    format = canonical_format(format)
     pt = resolve_checkpoint(model)
     ckpt = read_checkpoint("model", pt)
     train_args, is_qat = ckpt.get("train_args") or {}, qat.is_qat_checkpoint(ckpt)
@@ -334,7 +363,8 @@ def export_and_verify(
     quantize = 8 if is_qat else quantize  # the Q/DQ graph of a QAT checkpoint is INT8 whatever was asked
     box_tail = (int8_box_tail or "float") if format == "litert" and quantize == 8 else None
     data = data or train_args.get("data")
-    imgsz = int(imgsz or train_args.get("imgsz") or 640)
+    net = ckpt.get("ema") or ckpt.get("model")
+    imgsz = export_size(imgsz or train_args.get("imgsz") or 640, int(max(getattr(net, "stride", [32]))))
     if not data:
         raise ExportError("no validation data to verify against: pass data=path/to/data.yaml")
     check_writable("model", pt.parent)
