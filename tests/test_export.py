@@ -22,8 +22,8 @@ def student(kd_run: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _export(student: Path, data_yaml: str, fmt: str) -> dict:
-    assert main(["export", f"model={student}", f"format={fmt}", f"data={data_yaml}", "runs=3"]) == 0
+def _export(student: Path, data_yaml: str, fmt: str, *extra: str) -> dict:
+    assert main(["export", f"model={student}", f"format={fmt}", f"data={data_yaml}", "runs=3", *extra]) == 0
     report = json.loads(next(student.parent.glob("*_export_report.json")).read_text())
     assert report["passed"] and report["precision"] == "fp32"
     assert Path(report["exported"]).exists() and report["size_mb"]["exported"] > 1
@@ -40,7 +40,9 @@ def test_onnx_export_is_verified(student: Path, data_yaml: str) -> None:
 
 
 def test_torchscript_export_is_verified(student: Path, data_yaml: str) -> None:
-    report = _export(student, data_yaml, "torchscript")  # a format whose exporter takes no data= argument
+    # a format whose exporter takes no data= argument, at a size off the stride (verified at the size exported)
+    report = _export(student, data_yaml, "torchscript", "imgsz=80")
+    assert report["imgsz"] == 96
     assert report["exported"].endswith(".torchscript") and abs(report["mAP50-95"]["drop"]) <= 0.005
 
 
@@ -49,6 +51,7 @@ def test_the_export_size_is_rounded_up_to_the_stride_as_ultralytics_exports_it()
 
     assert export_size(80, 32) == 96 and export_size(64, 32) == 64
     assert canonical_format("TFLite") == "litert" and canonical_format("trt") == "engine"
+    assert canonical_format("mlpackage") == "coreml" and canonical_format("Vitis") == "xilinx"
 
 
 def test_litert_export_is_verified(student: Path, data_yaml: str) -> None:
@@ -79,7 +82,12 @@ def test_int8_export_of_the_fp32_student_is_calibrated_and_reported(student: Pat
     modules = {"onnx": ["onnxruntime"], "litert": ["ai_edge_litert", "litert_torch"], "openvino": ["openvino"]}[fmt]
     if any(importlib.util.find_spec(m) is None for m in modules):
         pytest.skip(f"{fmt} packages not installed (pip install -e .[export]); CI installs them")
-    earlier = student.with_suffix(".onnx")  # an fp32 export: the INT8 one has another name, so it is no obstacle
+    from yolo_kd.export import formats
+
+    # this format's fp32 export: the INT8 one has another name, so it is no obstacle and stays as it was
+    fp32 = student.parent / f"{student.stem}{formats()[fmt]}"
+    earlier = fp32 / "model.xml" if fp32.suffix == "" else fp32  # OpenVINO exports a folder
+    earlier.parent.mkdir(exist_ok=True)
     earlier.write_bytes(b"the fp32 export")
     argv = ["export", f"model={student}", f"format={fmt}", "quantize=8", f"data={data_yaml}", "runs=3"]
     assert main(argv) == 0
@@ -136,7 +144,7 @@ def test_bad_requests_are_refused_in_one_line(student: Path, data_yaml: str, cap
     junk.write_text("no checkpoint here")
     assert "not an Ultralytics checkpoint" in _refused([f"model={junk}", "format=onnx"], folder, capsys)
     assert "no such checkpoint" in _refused([f"model={folder / 'nope.pt'}", "format=onnx"], folder, capsys)
-    assert "quantize=8 needs calibration images" in _refused(
+    assert "format=onnx quantize=8 calibrates on your images" in _refused(
         [f"model={student}", "format=onnx", "quantize=8"], folder, capsys
     )
     if not __import__("torch").cuda.is_available():

@@ -294,3 +294,24 @@ def test_pseudo_labels_fill_unlabelled_images_or_every_mixed_sample() -> None:
     out = loss.pseudo_label(batch, pred)
     assert out["batch_idx"].tolist() == [0.0, 0.0, 1.0, 1.0]
     assert torch.allclose(out["bboxes"][3], torch.tensor([0.8, 0.8, 0.1, 0.1]))
+
+
+def test_a_resumed_run_keeps_its_data_yaml_unless_the_dataset_moved(tmp_path: Path) -> None:
+    from yolo_kd.label import LabelPlan, write_data_yaml
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    plan = LabelPlan(out, {}, {}, {}, ["cat", "dog"], {0: 0, 1: 1}, str(out / "images" / "val"), resume=True)
+    edited = yaml.safe_dump({"path": str(out), "train": "images/train", "val": "images/val", "names": {0: "kitty"}})
+    (out / "data.yaml").write_text(edited)
+    assert write_data_yaml(plan).read_text() == edited  # the user's edit survives a resume
+    moved = yaml.safe_dump({"path": str(tmp_path / "old_place"), "names": {0: "kitty"}})
+    (out / "data.yaml").write_text(moved)
+    written = yaml.safe_load(write_data_yaml(plan).read_text())
+    assert written["path"] == str(out) and written["names"] == {0: "cat", 1: "dog"}
+    (out / "data.yaml").write_text("path: [unclosed")
+    assert yaml.safe_load(write_data_yaml(plan).read_text())["path"] == str(out)
+    (tmp_path / "link").symlink_to(out)  # the same folder by another name, and no path: (read beside the YAML)
+    for kept in ({"path": str(tmp_path / "link"), "names": {0: "kitty"}}, {"train": "images/train", "names": {}}):
+        (out / "data.yaml").write_text(yaml.safe_dump(kept))
+        assert yaml.safe_load(write_data_yaml(plan).read_text()) == kept

@@ -298,9 +298,15 @@ def _qat(argv: list[str], message: str) -> Any:
     [
         (False, ["format=torchscript", "quantize=8", "data=d.yaml"], "format=torchscript does not export quantize=8"),
         (False, ["format=litert", "quantize=16"], "format=litert does not export quantize=16"),
-        (False, ["format=onnx", "quantize=8"], "quantize=8 needs calibration images"),
-        (False, ["format=onnx", "int8=True"], "quantize=8 needs calibration images"),  # the deprecated alias
+        (False, ["format=onnx", "quantize=8"], "format=onnx quantize=8 calibrates on your images"),
+        (False, ["format=onnx", "int8=True"], "format=onnx quantize=8 calibrates on your images"),  # deprecated alias
+        # formats Ultralytics makes INT8 whatever is asked calibrate too: no sample set is downloaded in place of data=
+        (False, ["format=edgetpu"], "format=edgetpu quantize=8 calibrates on your images"),
+        (False, ["format=qnn"], "format=qnn quantize=w8a16 calibrates on your images"),
+        (False, ["format=rknn", "name=rv1106"], "format=rknn quantize=8 calibrates on your images"),  # INT8-only chip
+        (False, ["format=onnx", "quantize=w8a16", "data=d.yaml"], "format=onnx does not export quantize=w8a16"),
         (False, ["format=onnx", "quantize=int4"], "quantize=int4 is invalid"),
+        (False, ["format=MLModel"], "format=mlmodel (CoreML's legacy file) is not exported here"),
         _qat(["format=litert", "quantize=8"], "format=litert cannot carry a QAT checkpoint's learnt INT8 ranges"),
         _qat(["format=torchscript"], "format=torchscript cannot carry a QAT checkpoint's learnt INT8 ranges"),
         _qat(["format=onnx", "quantize=16"], "a QAT checkpoint exports INT8 only"),
@@ -319,6 +325,36 @@ def test_export_precision_refusals(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert sorted(ckpt.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "argv, passed",
+    [
+        (["format=edgetpu"], {"quantize": 8, "data": "d.yaml"}),  # INT8 whatever is asked: calibrated on data=
+        (["format=onnx", "quantize=8"], {"quantize": 8, "data": "d.yaml"}),
+        (["format=coreml", "quantize=8"], {"quantize": 8}),  # weight-only INT8: Ultralytics refuses data= there
+        (["format=torchscript"], {"quantize": None}),
+    ],
+)
+def test_data_reaches_the_exporter_only_where_it_calibrates(
+    plain_and_qat_checkpoints: tuple[Path, Path],
+    argv: list[str],
+    passed: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from ultralytics import YOLO
+
+    calls: list[dict[str, Any]] = []
+
+    def record(self: Any, **kwargs: Any) -> str:
+        calls.append(kwargs)
+        raise RuntimeError("recorded, not exported")
+
+    monkeypatch.setattr(YOLO, "export", record)
+    assert main(["export", f"model={plain_and_qat_checkpoints[0]}", "data=d.yaml", *argv]) == 2
+    assert "recorded, not exported" in capsys.readouterr().err
+    assert {k: calls[0].get(k) for k in ("quantize", "data") if k in calls[0]} == passed
 
 
 def test_the_deprecated_precision_flags_map_onto_quantize() -> None:

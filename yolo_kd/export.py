@@ -57,7 +57,25 @@ def formats() -> dict[str, str]:
 
 # Format names Ultralytics' Exporter also accepts (8.4.190), mapped as it maps them, so that the checks here see the
 # format it will export.
-FORMAT_ALIASES = {"tensorrt": "engine", "trt": "engine", "tflite": "litert"}
+FORMAT_ALIASES = {
+    **dict.fromkeys(("tensorrt", "trt"), "engine"),
+    # not 'mlmodel': Ultralytics writes the legacy .mlmodel for it, which 'coreml' would not
+    **dict.fromkeys(("mlpackage", "mlprogram", "apple", "ios"), "coreml"),
+    **dict.fromkeys(("huawei", "cann", "om"), "ascend"),
+    **dict.fromkeys(("vitis", "vitisai", "versal"), "xilinx"),
+    **dict.fromkeys(("tflite", "tfjs"), "litert"),  # deprecated by Ultralytics, exported as LiteRT
+}
+
+
+# The precision Ultralytics' exporter (8.4.190) uses for a format when quantize is unset: its INT8-only formats
+# calibrate then too (so they need data= as quantize=8 does), Ascend and Rockchip export fp16.
+UNSET_PRECISION: dict[str, int | str] = {
+    **dict.fromkeys(("deepx", "axelera", "imx", "edgetpu", "hailo", "xilinx"), 8),
+    "qnn": "w8a16",
+    "ascend": 16,
+    "rknn": 16,
+}
+RKNN_INT8_ONLY = {"rv1103", "rv1106", "rv1103b", "rv1106b"}  # Rockchip chips Ultralytics exports INT8 only
 
 
 def canonical_format(fmt: str) -> str:
@@ -116,6 +134,34 @@ def export_precision(quantize: Any = None, half: Any = None, int8: Any = None) -
     return qat.quantize_value(quantize)
 
 
+def format_precision(fmt: str, quantize: int | str | None, name: str | None = None) -> int | str | None:
+    """The precision Ultralytics exports ``fmt`` at when asked for ``quantize`` (unset: the format's own default).
+
+    Args:
+        fmt: Ultralytics' format name.
+        quantize: The canonical precision asked for (``export_precision``).
+        name: The export's ``name=`` (a Rockchip chip, for format=rknn).
+
+    Returns:
+        The precision the exporter will use, as Ultralytics' ``Exporter.__call__`` sets it.
+    """
+    if fmt == "rknn" and str(name or "").lower() in RKNN_INT8_ONLY and quantize in {None, 8}:
+        return 8
+    return UNSET_PRECISION.get(fmt, quantize) if quantize is None else quantize
+
+
+def calibrates(fmt: str, quantize: int | str | None) -> bool:
+    """Whether this export calibrates on ``data=`` images: an INT8 activation scheme, in a format that takes data.
+
+    CoreML's and MNN's INT8 quantize weights only, and Ultralytics refuses ``data=`` for them. Where data is
+    missing, Ultralytics would calibrate on a sample set it downloads; yolo-kd asks for the user's images instead.
+    """
+    from ultralytics.engine.exporter import export_formats
+
+    table = export_formats()
+    return quantize in {8, "w8a16"} and "data" in dict(zip(table["Argument"], table["Arguments"])).get(fmt, [])
+
+
 def check_request(
     fmt: str,
     quantize: int | str | None,
@@ -136,9 +182,17 @@ def check_request(
         int8_box_tail: The ``int8_box_tail=`` given, if any.
         export_kwargs: The further Ultralytics export arguments given.
     """
-    from ultralytics.engine.exporter import FP16_FORMATS, FP32_UNSUPPORTED_FORMATS, INT8_FORMATS
+    from ultralytics.engine.exporter import (
+        FP16_FORMATS,
+        FP32_UNSUPPORTED_FORMATS,
+        INT8_FORMATS,
+        W8A16_FORMATS,
+        W8A32_FORMATS,
+    )
 
     known = formats()
+    if fmt == "mlmodel":  # Ultralytics writes a legacy .mlmodel for it; yolo-kd checks and names .mlpackage exports
+        raise ExportError("format=mlmodel (CoreML's legacy file) is not exported here: use format=coreml (.mlpackage)")
     if fmt not in known:
         raise ExportError(f"format={fmt} is unknown; Ultralytics exports: {', '.join(sorted(known))}")
     kwargs = export_kwargs or {}
@@ -171,13 +225,16 @@ def check_request(
         for needed in {fmt, "onnx"} if fmt == "openvino" else {fmt}:  # OpenVINO is made from the Q/DQ ONNX
             _check_modules(needed)
         return
-    supported = {8: INT8_FORMATS, 16: FP16_FORMATS}.get(quantize)
+    supported = {8: INT8_FORMATS, 16: FP16_FORMATS, "w8a16": W8A16_FORMATS, "w8a32": W8A32_FORMATS}.get(quantize)
     if (supported is not None and fmt not in supported) or (quantize == 32 and fmt in FP32_UNSUPPORTED_FORMATS):
         ok = sorted(supported or set(known) - FP32_UNSUPPORTED_FORMATS)
         raise ExportError(f"format={fmt} does not export quantize={quantize}; formats that do: {', '.join(ok)}")
-    if quantize in {8, "w8a16"} and not data:
-        raise ExportError(f"quantize={quantize} needs calibration images: pass data=path/to/data.yaml")
-    _check_modules(fmt, calibrated=quantize == 8)
+    if calibrates(fmt, quantize) and not data:
+        raise ExportError(
+            f"format={fmt} quantize={quantize} calibrates on your images: pass data=path/to/data.yaml "
+            "(nothing is downloaded in its place)"
+        )
+    _check_modules(fmt, calibrated=calibrates(fmt, quantize))
 
 
 def _check_modules(fmt: str, calibrated: bool = False) -> None:
@@ -356,15 +413,15 @@ def export_and_verify(
     pt = resolve_checkpoint(model)
     ckpt = read_checkpoint("model", pt)
     train_args, is_qat = ckpt.get("train_args") or {}, qat.is_qat_checkpoint(ckpt)
-    quantize = export_precision(quantize, half, int8)
+    quantize = format_precision(format, export_precision(quantize, half, int8), export_kwargs.get("name"))
     # int8 calibrates on images the user names (a QAT checkpoint learnt its ranges); verification may fall back to
     # the training data
     check_request(format, quantize, data, device, is_qat, int8_box_tail, export_kwargs)
     quantize = 8 if is_qat else quantize  # the Q/DQ graph of a QAT checkpoint is INT8 whatever was asked
     box_tail = (int8_box_tail or "float") if format == "litert" and quantize == 8 else None
     data = data or train_args.get("data")
-    net = ckpt.get("ema") or ckpt.get("model")
-    imgsz = export_size(imgsz or train_args.get("imgsz") or 640, int(max(getattr(net, "stride", [32]))))
+    stride = int(max(getattr(ckpt.get("ema") or ckpt.get("model"), "stride", [32])))
+    imgsz = export_size(imgsz or train_args.get("imgsz") or 640, stride)
     if not data:
         raise ExportError("no validation data to verify against: pass data=path/to/data.yaml")
     check_writable("model", pt.parent)
@@ -374,7 +431,7 @@ def export_and_verify(
     plain = [pt.parent / f"{pt.stem}{formats()[format]}"] if quantize in {None, 16, 32} else []
     _check_free([*plain, pt.parent / f"{base}.json", pt.parent / f"{base}.md"], overwrite)
     # data= only where it calibrates: Ultralytics refuses it for formats without INT8 calibration (torchscript, ...)
-    calibration = {"data": data} if quantize in {8, "w8a16"} else {}
+    calibration = {"data": data} if calibrates(format, quantize) else {}
     work = Path(tempfile.mkdtemp(prefix=".yolo_kd_export_", dir=pt.parent))
     try:
         copy = work / pt.name

@@ -457,7 +457,9 @@ def run_teacher(plan: LabelPlan, req: LabelRequest) -> LabelTally:
 def write_data_yaml(plan: LabelPlan) -> Path:
     """Write ``out/data.yaml`` last, so a dataset under its final name is always complete.
 
-    A resumed run keeps the data YAML its earlier run wrote: the user may have edited it since (as they may the labels).
+    A resumed run keeps the data YAML its earlier run wrote (the user may have edited it since, as they may the labels)
+    unless its ``path:`` names another folder: the dataset was moved, and a kept YAML would train on the old place.
+    (Without ``path:``, Ultralytics reads the splits beside the YAML, which moves with the dataset: kept.)
 
     Args:
         plan: From ``plan_labels``.
@@ -472,9 +474,18 @@ def write_data_yaml(plan: LabelPlan) -> Path:
         "names": dict(enumerate(plan.names)),
     }
     path = plan.out / "data.yaml"
-    if not (plan.resume and path.is_file()):
+    if not (plan.resume and _points_here(path, plan.out)):
         write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def _points_here(data_yaml: Path, out: Path) -> bool:
+    """Whether ``data_yaml`` exists, parses, and its ``path:`` (if any) is ``out`` (a moved dataset's YAML is not)."""
+    try:
+        path = (yaml.safe_load(data_yaml.read_text()) or {}).get("path")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    return path is None or Path(str(path)).expanduser().resolve() == out.resolve()
 
 
 def _summary(plan: LabelPlan, tally: LabelTally, conf: float, yaml_path: Path) -> dict[str, Any]:
