@@ -468,16 +468,14 @@ def main() -> None:
         for method in args.methods:
             r = train(method, data, teacher, seed, args, project)
             print(json.dumps(r), flush=True)
-            with open(results_file, "a") as f:
-                f.write(json.dumps(r) + "\n")
+            append_record(results_file, r)
 
     # every run of this setting so far, this invocation's and earlier ones' (latest run per method and seed)
     latest = {}
     if not results_file.is_file():
         raise SystemExit(f"{results_file}: no runs recorded yet")
     here = setting(args, teacher)
-    for line in results_file.read_text().splitlines():
-        r = json.loads(line)
+    for r in read_records(results_file):
         if "setting" in r and pool_key(r) == pool_key({"method": r["method"], "setting": here}):
             latest[(r["method"], r["seed"])] = r
     md = table(list(latest.values()), teacher_map)
@@ -501,6 +499,31 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a") as f:
         f.write(header + md + "\n")
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Append one JSON line in a single write to an O_APPEND file: lanes running side by side never interleave.
+
+    After a half line (a run killed while writing), the record starts on a line of its own.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        os.write(fd, ("\n" if torn else "").encode() + (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON lines of ``path``; a line a killed run left half-written is skipped with a warning, not fatal."""
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"WARNING: {path}:{n}: not a whole record (a run killed while writing it?); skipped", file=sys.stderr)
+    return records
 
 
 def regime_student(args: argparse.Namespace) -> str:

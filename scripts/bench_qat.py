@@ -38,6 +38,7 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # a benchmark installs nothi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_accuracy import append_record, read_records  # noqa: E402  (this folder is first on sys.path)
 from ultralytics import YOLO  # noqa: E402
 
 from yolo_kd import KDDetectionTrainer  # noqa: E402
@@ -66,8 +67,7 @@ def fp32_students(project: Path, epochs: int, seeds: list[int]) -> dict[tuple[st
     """The accuracy bench's latest finished ``baseline``/``default`` run per seed, with its teacher and data."""
     found: dict[tuple[str, int], dict[str, Any]] = {}
     records = project / "accuracy_results.jsonl"
-    for line in records.read_text().splitlines() if records.is_file() else []:
-        r = json.loads(line)
+    for r in read_records(records) if records.is_file() else []:
         parts = r.get("setting", "").split("|")
         if r["method"] in ("baseline", "default") and r["seed"] in seeds and f"e{epochs}" in parts:
             best = Path(r["run"]) / "weights" / "best.pt"
@@ -193,7 +193,7 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     students = fp32_students(Path(a.accuracy_project), a.epochs, a.seeds)
     records_file = a.work / "bench_qat.jsonl"
-    records = [json.loads(x) for x in records_file.read_text().splitlines()] if records_file.is_file() else []
+    records = read_records(records_file) if records_file.is_file() else []
     # keyed with the box tail: a LiteRT INT8 record made before int8_box_tail existed had Ultralytics' int8 output
     done = {(r["row"], r["format"], r["seed"], r.get("int8_box_tail")) for r in records}
     for seed in a.seeds:
@@ -204,8 +204,7 @@ def main() -> None:
             r = measure(row, seed, students[(row[1], seed)], a)
             print(json.dumps(r), flush=True)
             records.append(r)
-            with open(records_file, "a") as f:
-                f.write(json.dumps(r) + "\n")
+            append_record(records_file, r)
     print(report(records, a.seeds))
 
 

@@ -210,3 +210,17 @@ def test_init_methods_take_only_the_init_keys() -> None:
     assert method_name("baseline_init", ["kd_final=0"]) == "baseline_init"
     assert method_name("baseline", ["kd_init_channels=even"]) == "baseline"
     assert method_name("default", ["kd_init_channels=even"]) == "default[kd_init_channels=even]"
+
+
+def test_bench_records_survive_a_run_killed_while_writing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_accuracy import append_record, read_records
+
+    records = tmp_path / "accuracy_results.jsonl"
+    append_record(records, {"method": "baseline", "seed": 0})
+    with open(records, "a") as f:
+        f.write('{"method": "default", "se')  # the half line a killed lane leaves
+    append_record(records, {"method": "default", "seed": 1})  # a later run appends after it
+    got = read_records(records)
+    assert got == [{"method": "baseline", "seed": 0}, {"method": "default", "seed": 1}]
+    assert "accuracy_results.jsonl:2: not a whole record" in capsys.readouterr().err
