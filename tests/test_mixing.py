@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import cv2
 import numpy as np
+import pytest
 
-from yolo_kd.config import KDConfig
+from yolo_kd.config import KDConfig, KDConfigError
 from yolo_kd.mixing import (
     labeled_images,
     mixed_image_list,
@@ -74,3 +75,31 @@ def test_unlabeled_training_list_is_written_in_the_run_folder(tmp_path: Path) ->
     path, files = unlabeled_training_list(str(tmp_path / "lab"), cfg, args, 3, tmp_path)
     assert path == tmp_path / "train_with_unlabeled.txt" and files == set(unlabeled)
     assert path.read_text().splitlines() == labeled + mixed_image_list(labeled, tmp_path / "unl", 0.5, 0)[0][4:]
+
+
+def test_labeled_images_keep_link_paths_and_only_image_lines(tmp_path: Path) -> None:
+    real = _images(tmp_path / "elsewhere", 1)[0]
+    (tmp_path / "ds" / "images" / "train").mkdir(parents=True)
+    link = tmp_path / "ds" / "images" / "train" / "a.png"
+    link.symlink_to(real)  # Ultralytics finds its label beside the link (ds/labels/train/a.txt), not beside the target
+    assert labeled_images(link.parent) == [str(link)]
+    (tmp_path / "train.txt").write_text("# my split\n\n./ds/images/train/a.png\nnotes.md\n")
+    assert labeled_images(tmp_path / "train.txt") == [str(tmp_path / "ds" / "images" / "train" / "a.png")]
+
+
+def test_unlabeled_folders_holding_validation_training_or_labelled_images_are_refused(tmp_path: Path) -> None:
+    _images(tmp_path / "lab", 3)
+    _images(tmp_path / "val", 2)
+    out = tmp_path / "mixed.txt"
+    with pytest.raises(KDConfigError, match="2 of its images are also validation images"):
+        write_mixed_list(tmp_path / "lab", tmp_path / "val", 0.5, 0, out, val=tmp_path / "val")
+    with pytest.raises(KDConfigError, match="3 of its images are also labeled training images"):
+        write_mixed_list(tmp_path / "lab", tmp_path / "lab", 0.5, 0, out, val=tmp_path / "val")
+    _images(tmp_path / "more" / "images" / "x", 2)
+    (tmp_path / "more" / "labels" / "x").mkdir(parents=True)
+    (tmp_path / "more" / "labels" / "x" / "0.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(KDConfigError, match="1 of its images have label files"):
+        write_mixed_list(tmp_path / "lab", tmp_path / "more", 0.5, 0, out, val=tmp_path / "val")
+    assert not out.exists()  # refused before the list is written
+    _images(tmp_path / "raw", 2)
+    assert write_mixed_list(tmp_path / "lab", tmp_path / "raw", 0.5, 0, out, val=tmp_path / "val")[:2] == (3, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -92,6 +93,7 @@ def test_prompts_by_class() -> None:
     got = class_prompts(["hardhat", "person"], {"Hard Hat": "hard hat, safety helmet, hard hat", 1: ["human"]})
     assert got == {"hardhat": ["hard hat", "safety helmet"], "person": ["human"]}
     assert class_prompts(["a", "b"], None) == {"a": ["a"], "b": ["b"]}
+    assert class_prompts([0, 1], None) == {"0": ["0"], "1": ["1"]}  # names by number are prompted as text
     with pytest.raises(KDConfigError, match="no class 'dog'"):
         class_prompts(["a"], {"dog": "dog"})
 
@@ -242,7 +244,8 @@ def test_yoloe_teacher_labels_a_folder_then_teaches_with_unlabeled(
 ) -> None:
     from yolo_kd.label import label_folder
 
-    source = Path(data_yaml).parent / "tiny" / "images" / "val"
+    source = tmp_path / "raw"  # raw images: copies without labels, not the validation images themselves
+    shutil.copytree(Path(data_yaml).parent / "tiny" / "images" / "val", source)
     summary = label_folder(
         teachers["yoloe"], source, tmp_path / "lab", conf=0.001, names=data_yaml, prompts=prompts_yaml,
         embeddings=embeddings,

@@ -3,12 +3,13 @@ is on."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import KDConfig
+from .config import KDConfig, KDConfigError
 from .dataset import image_files
 from .files import write_text_atomic
 from .report import log_mixed_list
@@ -23,18 +24,56 @@ def labeled_images(img_path: str | Path | list[str | Path]) -> list[str]:
         img_path: As Ultralytics passes it to ``build_dataset``.
 
     Returns:
-        Image paths; those from a list file are kept as written, ``./`` lines made relative to the file's folder.
+        Image paths, as Ultralytics reads them: a folder's as absolute paths through any links (Ultralytics finds each
+        label by the image's own path, so a linked image keeps its link's), a list file's image lines as written,
+        ``./`` lines made relative to the file's folder.
     """
+    from ultralytics.data.utils import IMG_FORMATS
+
     images: list[str] = []
     for p in img_path if isinstance(img_path, list) else [img_path]:
         p = Path(p)
         if p.is_dir():
-            images += [str(f.resolve()) for f in image_files(p)]
-        else:  # an image list file
+            images += [os.path.abspath(f) for f in image_files(p)]
+        else:  # an image list file: Ultralytics keeps only its lines with an image suffix
             for line in p.read_text().splitlines():
                 line = line.strip()
-                images.append(str(p.parent / line[2:]) if line.startswith("./") else line)
+                if line.rpartition(".")[-1].lower() in IMG_FORMATS:
+                    images.append(str(p.parent / line[2:]) if line.startswith("./") else line)
     return images
+
+
+def check_unlabeled(folder: str | Path, unlabeled: set[str], labeled: list[str], val: list[str]) -> None:
+    """Refuse an ``unlabeled=`` folder whose images are not unlabeled ones, in one line.
+
+    Args:
+        folder: The ``unlabeled=`` folder.
+        unlabeled: Its images.
+        labeled: The labeled training images.
+        val: The validation images.
+
+    Raises:
+        KDConfigError: Some of its images are validation images (training on them would leak the validation set),
+            labeled training images (they would get the teacher's boxes on top of their labels), or have label files
+            where Ultralytics looks for them (it would train on those labels).
+    """
+    from ultralytics.data.utils import img2label_paths
+
+    ours = {os.path.realpath(f) for f in unlabeled}
+    for images, what in (
+        (val, "validation images: training on them leaks the validation set into training"),
+        (labeled, "labeled training images: they would get the teacher's boxes on top of their labels"),
+    ):
+        common = sorted(ours & {os.path.realpath(f) for f in images})
+        if common:
+            raise KDConfigError(f"unlabeled={folder}: {len(common)} of its images are also {what} (e.g. {common[0]})")
+    files = sorted(unlabeled)
+    labels = [label for label in img2label_paths(files) if os.path.isfile(label)]
+    if labels:
+        raise KDConfigError(
+            f"unlabeled={folder}: {len(labels)} of its images have label files where Ultralytics reads them (e.g. "
+            f"{labels[0]}), which it would train on; give a folder of images without labels"
+        )
 
 
 def mixed_image_list(
@@ -73,9 +112,15 @@ def write_image_list(images: list[str], path: Path) -> None:
 
 
 def write_mixed_list(
-    img_path: str | Path | list[str | Path], unlabeled_dir: str | Path, ratio: float, seed: int, path: Path
+    img_path: str | Path | list[str | Path],
+    unlabeled_dir: str | Path,
+    ratio: float,
+    seed: int,
+    path: Path,
+    val: str | Path | list[str | Path] | None = None,
 ) -> tuple[int, int, set[str]]:
-    """Write the training list with unlabeled images mixed in (``labeled_images`` + ``mixed_image_list``).
+    """Write the training list with unlabeled images mixed in (``labeled_images`` + ``mixed_image_list``), after
+    ``check_unlabeled``.
 
     Args:
         img_path: The training split, as Ultralytics passes it to ``build_dataset``.
@@ -83,18 +128,25 @@ def write_mixed_list(
         ratio: Share of unlabeled slots in the list.
         seed: The run's seed.
         path: The list file to write.
+        val: The validation split (the data YAML's ``val``), which the unlabeled images must not hold.
 
     Returns:
         Labeled images in the list, unlabeled slots in it, and the set of every unlabeled file.
     """
     labeled = labeled_images(img_path)
     images, unlabeled = mixed_image_list(labeled, unlabeled_dir, ratio, seed)
+    check_unlabeled(unlabeled_dir, unlabeled, labeled, labeled_images(val) if val else [])
     write_image_list(images, path)
     return len(labeled), len(images) - len(labeled), unlabeled
 
 
 def unlabeled_training_list(
-    img_path: str | Path | list[str | Path], cfg: KDConfig, args: Any, epochs: int, save_dir: Path
+    img_path: str | Path | list[str | Path],
+    cfg: KDConfig,
+    args: Any,
+    epochs: int,
+    save_dir: Path,
+    val: str | Path | list[str | Path] | None = None,
 ) -> tuple[Path, set[str]]:
     """Write the run's training list with ``unlabeled=`` mixed in, and say in the log what it holds.
 
@@ -104,12 +156,13 @@ def unlabeled_training_list(
         args: Ultralytics' train args (``seed`` and the sample-mixing augmentations).
         epochs: Epochs in the run.
         save_dir: The run folder, where the list is written.
+        val: The validation split (the data YAML's ``val``).
 
     Returns:
         The list file and the set of every unlabeled file.
     """
     path = save_dir / "train_with_unlabeled.txt"
-    n_labeled, n_slots, unlabeled = write_mixed_list(img_path, cfg.unlabeled, cfg.unlabeled_ratio, args.seed, path)
+    n_labeled, n_slots, unlabeled = write_mixed_list(img_path, cfg.unlabeled, cfg.unlabeled_ratio, args.seed, path, val)
     log_mixed_list(n_labeled, n_slots, len(unlabeled), cfg.unlabeled_ratio, path, sample_mixing(args, 0, epochs))
     return path, unlabeled
 

@@ -213,7 +213,7 @@ class KDDetectionTrainer(DetectionTrainer):
         """
         if mode == "train" and self.kd_cfg.unlabeled:
             mixed, self.unlabeled_files = unlabeled_training_list(
-                img_path, self.kd_cfg, self.args, self.epochs, self.save_dir
+                img_path, self.kd_cfg, self.args, self.epochs, self.save_dir, self.data.get("val")
             )
             with compat.label_cache_at(mixed.with_suffix(".cache")):  # not the dataset's own cache
                 return super().build_dataset(str(mixed), mode, batch)

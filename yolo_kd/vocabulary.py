@@ -71,6 +71,7 @@ def class_prompts(names: list[str], prompts: dict | None) -> dict[str, list[str]
     Raises:
         KDConfigError: A key that is no student class, or a value that is neither a string nor a list of strings.
     """
+    names = [str(n) for n in names]  # a data YAML may name classes by number; prompts and embeddings are text
     given: dict[int, list[str]] = {}
     for key, value in (prompts or {}).items():
         if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(names):
@@ -333,6 +334,9 @@ def build_vocabulary(
                 f"kd_teacher_embeddings={embeddings} has no vector for {missing}; write one with "
                 f"'yolo-kd embed model={Path(teacher).name} names=data.yaml out=FILE' where the text encoder is"
             )
+        sizes = sorted({tuple(table[p].shape) for p in flat})
+        if len(sizes) > 1:
+            raise KDConfigError(f"kd_teacher_embeddings={embeddings}: its vectors differ in shape ({sizes})")
         vocab.embeddings = torch.stack([table[p] for p in flat])
     else:
         vocab.embeddings = encode_prompts(model, flat, teacher)
