@@ -128,7 +128,9 @@ def train_or_reuse(model: str, name: str, what: str, resume: bool = False, **tra
         last = resumable(project / folder, want) if resume else None
         if last is not None:
             LOGGER.info(f"resuming cached {what} {last}: its run stopped early with these settings")
-            YOLO(str(last)).train(resume=True)
+            # Ultralytics resumes with the checkpoint's arguments; where it runs is this call's (a stage killed on a
+            # GPU may continue on the CPU)
+            YOLO(str(last)).train(resume=True, **{k: train_args[k] for k in ("device", "workers") if k in train_args})
             return _finished(project / folder, want, what), "resumed"
         k += 1
         LOGGER.info(f"leaving cached {what} {project / folder} as it is ({why}); training in {name}_{k}")
