@@ -83,6 +83,10 @@ def test_labeled_images_keep_link_paths_and_only_image_lines(tmp_path: Path) -> 
     link = tmp_path / "ds" / "images" / "train" / "a.png"
     link.symlink_to(real)  # Ultralytics finds its label beside the link (ds/labels/train/a.txt), not beside the target
     assert labeled_images(link.parent) == [str(link)]
+    (link.parent / "._a.png").write_bytes(b"macOS metadata")  # hidden: Ultralytics' glob skips it, and so do we
+    (link.parent / ".thumbs").mkdir()
+    (link.parent / ".thumbs" / "b.png").write_bytes(b"x")
+    assert labeled_images(link.parent) == [str(link)]
     (tmp_path / "train.txt").write_text("# my split\n\n./ds/images/train/a.png\nnotes.md\n")
     assert labeled_images(tmp_path / "train.txt") == [str(tmp_path / "ds" / "images" / "train" / "a.png")]
 

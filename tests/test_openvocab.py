@@ -165,6 +165,16 @@ def test_embed_writes_every_prompt(
     assert main(argv) == 2  # an existing file is never overwritten
 
 
+def test_embeddings_files_keep_every_prompt_name(tmp_path: Path) -> None:
+    from yolo_kd.vocabulary import read_embeddings, write_embeddings
+
+    vectors = {name: torch.full((4,), float(i)) for i, name in enumerate(["file", "allow_pickle", "hard hat"])}
+    for out in (tmp_path / "e.npz", tmp_path / "e.pt"):
+        write_embeddings(out, vectors)
+        got = read_embeddings(out)
+        assert sorted(got) == sorted(vectors) and all(torch.equal(got[k], v) for k, v in vectors.items())
+
+
 def test_prompts_for_a_closed_set_teacher_are_refused(
     tmp_path: Path, data_yaml: str, embeddings: str, capsys: pytest.CaptureFixture
 ) -> None:

@@ -230,10 +230,20 @@ def make_image(
 
 
 def image_files(folder: str | Path) -> list[Path]:
-    """Every image Ultralytics can read under ``folder``, recursively, sorted."""
+    """Every image Ultralytics can read under ``folder``, recursively, sorted.
+
+    Hidden files and folders (``._x.jpg`` of macOS, ``.thumbnails/``) are left out, as Ultralytics' glob leaves them.
+    """
     from ultralytics.data.utils import IMG_FORMATS
 
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix[1:].lower() in IMG_FORMATS)
+    root = Path(folder)
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix[1:].lower() in IMG_FORMATS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,7 +286,12 @@ def write_embeddings(path: str | Path, embeddings: dict[str, torch.Tensor]) -> P
     path = Path(path)
     buffer = io.BytesIO()
     if path.suffix == ".npz":
-        np.savez(buffer, **{k: v.float().cpu().numpy() for k, v in embeddings.items()})
+        # the .npz layout written entry by entry: np.savez takes the prompts as keyword arguments, and a prompt
+        # named 'file' or 'allow_pickle' would collide with its own parameters
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for k, v in embeddings.items():
+                with archive.open(f"{k}.npy", "w") as entry:
+                    np.lib.format.write_array(entry, v.float().cpu().numpy(), allow_pickle=False)
     else:
         torch.save({k: v.float().cpu().contiguous() for k, v in embeddings.items()}, buffer)
     with atomic_path(path) as tmp:
