@@ -81,14 +81,17 @@ def test_connector_state_written_before_mgd_generators_became_connectors_loads()
 
 def test_complete_checkpoints_strips_kd_args_and_keeps_state_out_of_best(tmp_path: Path) -> None:
     scratch_last, scratch_best = tmp_path / "partial-last.pt", tmp_path / "partial-best.pt"
+    args = {"epochs": 2, "teacher": "/t.pt", "kd_cls": 1.0}
     for p in (scratch_last, scratch_best):
-        torch.save({"train_args": {"epochs": 2, "teacher": "/t.pt", "kd_cls": 1.0}}, p)
+        net = torch.nn.Linear(1, 1)
+        net.args = dict(args)  # Ultralytics' model.args: the trainer's, KD keys and the teacher's path included
+        torch.save({"train_args": dict(args), "ema": net}, p)
     record = kd_record(KDConfig(), "/t.pt", "abc", {"w": torch.zeros(1)})
     targets = {"last": tmp_path / "last.pt", "best": tmp_path / "best.pt", "epoch": tmp_path / "epoch1.pt"}
     complete_checkpoints(scratch_last, scratch_best, targets, record, ("teacher", "kd_cls"))
     for name in ("last.pt", "epoch1.pt", "best.pt"):
         ckpt = load_checkpoint_file(tmp_path / name)
-        assert ckpt["train_args"] == {"epochs": 2}, name
+        assert ckpt["train_args"] == {"epochs": 2} and ckpt["ema"].args == {"epochs": 2}, name
         assert ("state" in ckpt["kd"]) == (name != "best.pt"), name
 
 
@@ -189,3 +192,15 @@ def test_restore_connectors_loads_the_recorded_state_and_leaves_them_without_one
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in before.items())
     restore_connectors(fresh, with_state)
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in trained.state_dict().items())
+
+
+def test_resume_without_the_connector_state_is_refused_when_connectors_train() -> None:
+    from yolo_kd.settings import settings_from_checkpoint
+
+    for cfg in (KDConfig(kd_feat=1.0), KDConfig(kd_cross=1.0)):  # a best.pt's record: everything but the state
+        with pytest.raises(KDConfigError, match="holds no connector state"):
+            settings_from_checkpoint(kd_record(cfg, "/nowhere/teacher.pt", None), {})
+    # without connectors there is nothing to lose: it goes on to the teacher (here a missing file, refused as such)
+    with pytest.raises(KDConfigError) as e:
+        settings_from_checkpoint(kd_record(KDConfig(), "/nowhere/teacher.pt", None), {})
+    assert "connector state" not in str(e.value)

@@ -59,6 +59,10 @@ def test_only_a_killed_run_with_the_same_settings_is_resumable(tmp_path: Path) -
     assert resumable(tmp_path / "killed", {**ARGS, "epochs": 3}) is None  # another schedule: not the same run
     assert resumable(tmp_path / "done", ARGS) is None  # finished: reuse, not resume
     assert resumable(tmp_path / "nothing", ARGS) is None
+    # killed in its final evaluation: no epoch left, which Ultralytics refuses to resume
+    last = _run(tmp_path / "final", finished=False, epochs=1).with_name("last.pt")
+    shutil.copy(last.with_name("best.pt"), last)
+    assert resumable(tmp_path / "final", {**ARGS, "epochs": 1}) is None
 
 
 @pytest.mark.slow

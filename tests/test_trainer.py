@@ -63,6 +63,7 @@ def test_checkpoints_are_plain_students_loadable_without_yolo_kd(kd_run: Path, d
         record = ckpt["kd"]
         assert record["config"]["kd_feat_loss"] == "cwd" and "state" not in record  # finished: no connector state
         assert set(ckpt["train_args"]) <= set(__import__("ultralytics").cfg.DEFAULT_CFG_DICT)
+        assert set(ckpt["model"].args) <= set(__import__("ultralytics").cfg.DEFAULT_CFG_DICT)  # the pickled model's
     script = textwrap.dedent(
         f"""
         import sys, os

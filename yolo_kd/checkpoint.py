@@ -252,14 +252,18 @@ def complete_checkpoints(
     ckpt = load_checkpoint_file(scratch_last)
     drop = set(drop_keys)
     ckpt["train_args"] = {k: v for k, v in ckpt["train_args"].items() if k not in drop}
+    for key in ("model", "ema"):  # the pickled models carry the trainer's args too (Ultralytics' model.args)
+        net = ckpt.get(key)
+        if net is not None and isinstance(getattr(net, "args", None), dict):
+            net.args = {k: v for k, v in net.args.items() if k not in drop}
     if scratch_best.exists():  # Ultralytics found a new best this epoch
         # best.pt goes first: a kill between the two saves then leaves last.pt at the previous epoch, which resume
         # trains again, never a last.pt whose best_fitness names an epoch that no best.pt holds
         atomic_save({**ckpt, KD_RECORD: {k: v for k, v in record.items() if k != "state"}}, targets["best"])
     ckpt[KD_RECORD] = record
-    atomic_save(ckpt, targets["last"])
-    if targets.get("epoch") is not None:
+    if targets.get("epoch") is not None:  # before last.pt: a kill between the two then trains (and copies) it again
         atomic_save(ckpt, targets["epoch"])
+    atomic_save(ckpt, targets["last"])
 
 
 def drop_connector_state(path: Path) -> None:

@@ -85,6 +85,8 @@ def resumable(run_dir: str | Path, want: Mapping[str, Any]) -> Path | None:
         return None
     if ckpt.get("epoch") == -1 or ckpt.get("optimizer") is None:  # finished (or stripped): nothing to continue
         return None
+    if int(ckpt.get("epoch") or 0) + 1 >= int(want.get("epochs") or 0):  # killed in its final evaluation
+        return None  # Ultralytics refuses to resume a run with no epoch left: it trains afresh in another folder
     return last if _mismatch(run_dir, ckpt.get("train_args") or {}, want) is None else None
 
 

@@ -117,16 +117,22 @@ def settings_from_checkpoint(record: dict[str, Any], kd_args: dict[str, Any]) ->
     ignored = sorted(k for k in kd_args if k not in RESUME_KEYS)
     if ignored:
         LOGGER.warning(f"{colorstr('yolo-kd:')} resume ignores {ignored}: KD settings come from the checkpoint")
+    config = dict(record["config"])
+    if kd_args.get("kd_teacher_embeddings"):  # a moved embeddings file; the recorded hash still decides
+        config["kd_teacher_embeddings"] = kd_args["kd_teacher_embeddings"]
+    cfg = load_recorded_config(config)
+    if record.get("state") is None and (cfg.kd_feat > 0 or cfg.kd_cross > 0):
+        # the connectors would restart from random weights while the optimizer resumes their old moments
+        raise KDConfigError(
+            "this checkpoint holds no connector state (kd_feat/kd_cross train connectors): it is a best.pt, or a "
+            "last.pt emptied at its run's end; resume from the run's last.pt, or start a new run from these weights"
+        )
     teacher = kd_args.get("teacher") or record["teacher"]
     model = load_teacher_model(teacher)  # a moved or unreadable teacher file is refused here, in one line
     sha = file_sha256(teacher)
     recorded = record.get("teacher_sha256")
     if recorded is not None and sha != recorded:
         raise KDConfigError(f"teacher={teacher} is not the teacher this run was trained with (file hash differs)")
-    config = dict(record["config"])
-    if kd_args.get("kd_teacher_embeddings"):  # a moved embeddings file; the recorded hash still decides
-        config["kd_teacher_embeddings"] = kd_args["kd_teacher_embeddings"]
-    cfg = load_recorded_config(config)
     if is_open_vocabulary(model):
         # the recorded prompts list every student class in order: the vocabulary is rebuilt without the data YAML
         set_vocabulary(model, list(cfg.kd_teacher_prompts or {}), cfg, teacher)
