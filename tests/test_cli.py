@@ -123,3 +123,39 @@ def test_resume_of_a_finished_run_is_one_line_through_the_cli(tmp_path: Path, ca
     assert main(["train", f"resume={last}"]) == 2
     err = capsys.readouterr().err
     assert "finished (epoch 2 of 2); nothing to resume" in err and err.count("\n") == 1
+
+
+def test_train_refuses_in_one_line_what_ultralytics_would_fetch_or_trace_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "data.yaml"
+    data.write_text("train: images\nval: images\nnames: {0: a}\n")
+    base = ["train", "teacher=missing.pt", f"project={tmp_path / 'p'}"]
+    # no data=: Ultralytics would fall back to coco8.yaml and download it
+    assert "train needs data=" in _refused(base, capsys, tmp_path)
+    assert f"data={tmp_path / 'no.yaml'}: no such file" in _refused(
+        [*base, f"data={tmp_path / 'no.yaml'}"], capsys, tmp_path
+    )
+    with_data = [*base, f"data={data}"]
+    assert "'epochs=abc' is of invalid type str" in _refused([*with_data, "epochs=abc"], capsys, tmp_path)
+    assert "model=nowhere.yaml: no such model YAML" in _refused([*with_data, "model=nowhere.yaml"], capsys, tmp_path)
+    assert "cfg=" in _refused([*with_data, f"cfg={tmp_path / 'no_cfg.yaml'}"], capsys, tmp_path)
+    assert "resume needs a path" in _refused(["train", "resume=1"], capsys, tmp_path)
+    # Ultralytics' own distiller would wrap the student beside yolo-kd's
+    assert "distill_model=t.pt is Ultralytics' own distillation" in _refused(
+        [*with_data, "distill_model=t.pt"], capsys, tmp_path
+    )
+
+
+def test_names_and_paths_keep_the_text_typed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from yolo_kd.cli import parse_pairs
+
+    assert parse_pairs(["project=2024", "name=1.10", "epochs=3", "kd=None"]) == {
+        "project": "2024", "name": "1.10", "epochs": 3, "kd": None,
+    }  # fmt: skip
+    err = _refused(["dataset", f"root={tmp_path}", "n_train=1.5"], capsys, tmp_path)
+    assert "n_train=1.5: give a whole number" in err
+    assert "kd=../presets/full: not a YAML file nor a preset name" in _refused(
+        ["train", "teacher=missing.pt", "kd=../presets/full"], capsys, tmp_path
+    )
+    assert "device=cuda:9" in _refused(["demo", "device=cuda:9", f"project={tmp_path / 'd'}"], capsys, tmp_path)

@@ -21,10 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import KDConfig, KDConfigError, kd_keys
+from .config import KDConfig, KDConfigError, kd_keys, resolve_preset
 from .inputs import check_keys, check_writable, check_yaml_keys, read_checkpoint
 
 USAGE = __doc__
+# Keys whose values are names or paths: kept as typed (Ultralytics' value rules would make project=2024 a number and
+# name=1.10 the folder '1.1')
+TEXT_KEYS = frozenset({"project", "name", "root", "source", "out", "kd"})
 # Modules that copy Ultralytics' AUTOINSTALL / ONLINE flags into their own globals when they are imported.
 ULTRALYTICS_FLAG_MODULES = (
     "ultralytics.utils",
@@ -74,7 +77,8 @@ def parse_pairs(argv: list[str]) -> dict[str, Any]:
         key, value = word.split("=", 1)
         if not key or value == "":
             raise KDConfigError(f"'{word}' needs both a key and a value")
-        out[key.strip()] = smart_value(value.strip())
+        key, value = key.strip(), value.strip()
+        out[key] = value if key in TEXT_KEYS and value.lower() != "none" else smart_value(value)
     return out
 
 
@@ -82,7 +86,7 @@ def help_text() -> str:
     """The usage lines and every KD key with its default and meaning."""
     rows = [
         ("teacher", None, "Path of the trained teacher checkpoint (.pt). Required, except on resume."),
-        ("kd", "default", "KD preset name in configs/kd/ (default, full, logit, feature) or a YAML file of kd_* keys."),
+        ("kd", "default", "KD preset (default, full, logit, feature; copies in configs/kd/) or a YAML of kd_* keys."),
         *KDConfig.help_rows(),
     ]
     width = max(len(k) for k, _, _ in rows)
@@ -110,6 +114,7 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
     """
     check_keys("train", kwargs, [*_ultralytics_keys(), *kd_keys()])
     check_yaml_keys(kwargs, ("kd", "kd_class_map", "kd_teacher_prompts", "data", "cfg"))
+    resolve_preset(kwargs.get("kd"))  # a preset name that is none, before anything else is read
     if kwargs.get("project"):
         check_writable("project", kwargs["project"])
     from ultralytics import YOLO
@@ -120,7 +125,7 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
 
     resume = kwargs.get("resume")
     if resume not in (None, False):
-        if resume is True:
+        if not isinstance(resume, (str, Path)):
             raise KDConfigError("resume needs a path: yolo-kd train resume=runs/.../weights/last.pt")
         if qat.is_qat_checkpoint(read_checkpoint("resume", resume)):
             qat.check_installed("resume of a QAT run")  # else Ultralytics would try to pip-install ModelOpt
@@ -135,14 +140,44 @@ def cmd_train(kwargs: dict[str, Any]) -> None:
     student = kwargs.pop("model", "yolov8n.yaml")
     if not str(student).endswith((".yaml", ".yml")):
         _local_file("model", student)
+    else:
+        _model_yaml(student)
+    # Ultralytics would fall back to coco8.yaml, or fetch a named dataset: yolo-kd trains on the user's files only
+    if not kwargs.get("data"):
+        raise KDConfigError("train needs data=path/to/data.yaml (the dataset the student and teacher share)")
+    for key in ("data", "cfg"):
+        if kwargs.get(key) is not None:
+            _local_file(key, kwargs[key], "a local YAML file")
+    _check_ultralytics_values(kwargs)
     model = YOLO(student)
     model.train(trainer=KDDetectionTrainer, **kwargs)
 
 
-def _local_file(key: str, path: Any) -> None:
-    """Ultralytics would try to download a missing .pt by name; yolo-kd never downloads, so say so instead."""
+def _model_yaml(path: Any) -> None:
+    """A model YAML on disk or one of Ultralytics' own (``yolov8n.yaml``, ...), refused in one line otherwise."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    try:
+        yaml_model_load(str(path))  # Ultralytics' lookup: yolov8n.yaml is yolov8.yaml at scale n
+    except Exception:
+        raise KDConfigError(f"model={path}: no such model YAML (a file on disk, or one of Ultralytics')") from None
+
+
+def _check_ultralytics_values(kwargs: dict[str, Any]) -> None:
+    """Ultralytics' own type checks of its arguments, run before anything loads, as one line."""
+    from ultralytics.cfg import check_cfg
+
+    values = {k: v for k, v in kwargs.items() if k not in kd_keys() and k != "trainer"}
+    try:
+        check_cfg(values)
+    except (TypeError, ValueError) as e:
+        raise KDConfigError(" ".join(str(e).split())) from None
+
+
+def _local_file(key: str, path: Any, what: str = "a local checkpoint") -> None:
+    """Ultralytics would try to download a missing file by name; yolo-kd never downloads, so say so instead."""
     if not Path(str(path)).is_file():
-        raise KDConfigError(f"{key}={path}: no such file (yolo-kd downloads nothing; give a local checkpoint)")
+        raise KDConfigError(f"{key}={path}: no such file (yolo-kd downloads nothing; give {what})")
 
 
 def cmd_demo(kwargs: dict[str, Any]) -> None:

@@ -284,16 +284,17 @@ def resolve_preset(kd: str | Path | None) -> Path | None:
     """
     if kd is None or kd == "":
         return None
+    if not isinstance(kd, (str, Path)):
+        raise KDConfigError(f"kd={kd!r}: give a preset name or the path of a YAML file of kd_* keys")
     path = Path(kd)
-    if path.suffix in {".yaml", ".yml"}:
+    if path.suffix.lower() in {".yaml", ".yml"}:
         if not path.is_file():
             raise KDConfigError(f"kd={kd}: no such file")
         return path
-    preset = PRESET_DIR / f"{kd}.yaml"
-    if not preset.is_file():
-        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    if str(kd) not in names:  # a name only, never a path into or out of the presets folder
         raise KDConfigError(f"kd={kd}: not a YAML file nor a preset name; presets: {names}")
-    return preset
+    return PRESET_DIR / f"{kd}.yaml"
 
 
 def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDConfig:

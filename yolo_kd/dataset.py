@@ -290,8 +290,11 @@ def make_dataset(
     """
     from .config import KDConfigError
 
-    if domain not in DOMAINS:
+    if not isinstance(domain, str) or domain not in DOMAINS:
         raise KDConfigError(f"domain={domain!r} is unknown; choose one of {sorted(DOMAINS)}")
+    for key, value in (("n_train", n_train), ("n_val", n_val), ("imgsz", imgsz), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise KDConfigError(f"{key}={value!r}: give a whole number")
     if min(n_train, n_val) < 1 or imgsz < 32:
         raise KDConfigError(f"n_train={n_train}, n_val={n_val}, imgsz={imgsz}: need n_train, n_val >= 1, imgsz >= 32")
     spec = DatasetSpec(domain, n_train, n_val, imgsz, seed)

@@ -289,7 +289,14 @@ def _check_models(cfg: dict[str, Any]) -> None:
 
     Ultralytics would download a missing ``.pt`` by name; the demo trains from YAMLs or local files only.
     """
+    from ultralytics.utils.torch_utils import select_device
+
     load_kd_config(cfg["kd"])
+    if cfg["device"] not in (None, ""):
+        try:
+            select_device(cfg["device"], verbose=False)
+        except Exception as e:  # Ultralytics' own message (no such CUDA device, ...), as one line
+            raise KDConfigError(f"device={cfg['device']}: {' '.join(str(e).split())[:300]}") from None
     if cfg["teacher"] is not None:
         load_teacher_model(cfg["teacher"])
     for key in ("student", "teacher_model"):

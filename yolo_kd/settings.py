@@ -15,7 +15,7 @@ from .files import atomic_path
 from .teacher import file_sha256, load_teacher_model
 from .vocabulary import is_open_vocabulary, open_vocabulary_teacher
 
-RESUME_KEYS = ("teacher", "kd_teacher_embeddings")  # the KD keys a resume takes: files that may have moved
+RESUME_KEYS = ("teacher", "kd_teacher_embeddings", "unlabeled")  # the KD keys a resume takes: files that may have moved
 
 
 @dataclass
@@ -120,6 +120,8 @@ def settings_from_checkpoint(record: dict[str, Any], kd_args: dict[str, Any]) ->
     config = dict(record["config"])
     if kd_args.get("kd_teacher_embeddings"):  # a moved embeddings file; the recorded hash still decides
         config["kd_teacher_embeddings"] = kd_args["kd_teacher_embeddings"]
+    if kd_args.get("unlabeled") and config.get("unlabeled"):  # a moved folder of unlabeled images
+        config["unlabeled"] = kd_args["unlabeled"]
     cfg = load_recorded_config(config)
     if record.get("state") is None and (cfg.kd_feat > 0 or cfg.kd_cross > 0):
         # the connectors would restart from random weights while the optimizer resumes their old moments
@@ -175,6 +177,11 @@ def settings_from_arguments(kd_args: dict[str, Any], overrides: dict[str, Any]) 
     Raises:
         KDConfigError: Bad KD values, an unreadable teacher, or a teacher/student pair that cannot be matched.
     """
+    if overrides.get("distill_model"):  # Ultralytics would wrap the student in its own distiller beside yolo-kd's
+        raise KDConfigError(
+            f"distill_model={overrides['distill_model']} is Ultralytics' own distillation; yolo-kd's teacher is "
+            "teacher= (for the native one alone, train with plain Ultralytics)"
+        )
     kd_args = dict(kd_args)
     teacher = kd_args.pop("teacher", None)
     cfg = load_kd_config(kd_args.pop("kd", None), **kd_args)
