@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ultralytics.utils import IterableSimpleNamespace
 
 from yolo_kd.checkpoint import (
     atomic_save,
@@ -83,15 +84,18 @@ def test_complete_checkpoints_strips_kd_args_and_keeps_state_out_of_best(tmp_pat
     scratch_last, scratch_best = tmp_path / "partial-last.pt", tmp_path / "partial-best.pt"
     args = {"epochs": 2, "teacher": "/t.pt", "kd_cls": 1.0}
     for p in (scratch_last, scratch_best):
-        net = torch.nn.Linear(1, 1)
-        net.args = dict(args)  # Ultralytics' model.args: the trainer's, KD keys and the teacher's path included
-        torch.save({"train_args": dict(args), "ema": net}, p)
+        ema, model = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+        # Ultralytics' model.args: the trainer's, KD keys and the teacher's path included (a namespace until the
+        # final strip makes it a dict)
+        ema.args, model.args = IterableSimpleNamespace(**args), dict(args)
+        torch.save({"train_args": dict(args), "ema": ema, "model": model}, p)
     record = kd_record(KDConfig(), "/t.pt", "abc", {"w": torch.zeros(1)})
     targets = {"last": tmp_path / "last.pt", "best": tmp_path / "best.pt", "epoch": tmp_path / "epoch1.pt"}
     complete_checkpoints(scratch_last, scratch_best, targets, record, ("teacher", "kd_cls"))
     for name in ("last.pt", "epoch1.pt", "best.pt"):
         ckpt = load_checkpoint_file(tmp_path / name)
-        assert ckpt["train_args"] == {"epochs": 2} and ckpt["ema"].args == {"epochs": 2}, name
+        assert ckpt["train_args"] == {"epochs": 2} and ckpt["model"].args == {"epochs": 2}, name
+        assert vars(ckpt["ema"].args) == {"epochs": 2} and isinstance(ckpt["ema"].args, IterableSimpleNamespace)
         assert ("state" in ckpt["kd"]) == (name != "best.pt"), name
 
 

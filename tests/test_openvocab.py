@@ -279,10 +279,13 @@ def test_yoloe_teacher_labels_a_folder_then_teaches_with_unlabeled(
 def test_an_open_vocabulary_teacher_needs_the_students_names(
     teachers: dict[str, str], embeddings: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    train = ["train", f"teacher={teachers['world']}", f"kd_teacher_embeddings={embeddings}", f"project={tmp_path}"]
-    err = _refused([*train, f"data={tmp_path / 'missing.yaml'}"], capsys)
-    assert "prompted with the student's class names" in err and "missing.yaml" in err
-    assert list(tmp_path.iterdir()) == []
+    nameless = tmp_path / "nameless.yaml"
+    nameless.write_text("train: images\nval: images\n")  # a data YAML without the class names
+    project = tmp_path / "p"
+    train = ["train", f"teacher={teachers['world']}", f"kd_teacher_embeddings={embeddings}", f"project={project}"]
+    err = _refused([*train, f"data={nameless}"], capsys)
+    assert "prompted with the student's class names" in err and "nameless.yaml" in err
+    assert not project.exists()
 
 
 def test_cross_head_kd_with_an_open_vocabulary_teacher_is_refused(

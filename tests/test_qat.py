@@ -269,11 +269,13 @@ def test_qat_without_modelopt_is_refused_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "modelopt", None)  # as if nvidia-modelopt were not installed
-    argv = ["train", "model=yolov8n.yaml", "teacher=t.pt", "data=d.yaml", "quantize=8", f"project={tmp_path}"]
+    data, project = tmp_path / "d.yaml", tmp_path / "p"
+    data.write_text("train: images\nval: images\nnames: {0: a}\n")
+    argv = ["train", "model=yolov8n.yaml", "teacher=t.pt", f"data={data}", "quantize=8", f"project={project}"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install -e '.[qat]'" in err and "nvidia-modelopt" in err, err
-    assert not any(tmp_path.iterdir())
+    assert not project.exists()
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import io
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -253,9 +254,11 @@ def complete_checkpoints(
     drop = set(drop_keys)
     ckpt["train_args"] = {k: v for k, v in ckpt["train_args"].items() if k not in drop}
     for key in ("model", "ema"):  # the pickled models carry the trainer's args too (Ultralytics' model.args)
-        net = ckpt.get(key)
-        if net is not None and isinstance(getattr(net, "args", None), dict):
-            net.args = {k: v for k, v in net.args.items() if k not in drop}
+        args = getattr(ckpt.get(key), "args", None)
+        if isinstance(args, dict):
+            ckpt[key].args = {k: v for k, v in args.items() if k not in drop}
+        elif isinstance(args, SimpleNamespace):  # Ultralytics' IterableSimpleNamespace until its final strip
+            ckpt[key].args = type(args)(**{k: v for k, v in vars(args).items() if k not in drop})
     if scratch_best.exists():  # Ultralytics found a new best this epoch
         # best.pt goes first: a kill between the two saves then leaves last.pt at the previous epoch, which resume
         # trains again, never a last.pt whose best_fitness names an epoch that no best.pt holds
