@@ -52,6 +52,7 @@ def test_kd_keys_never_collide_with_ultralytics() -> None:
         ({"kd_cls_temp": 0}, "kd_cls_temp=0.0 must be > 0"),
         ({"kd_feat_temp": -2}, "kd_feat_temp=-2.0 must be > 0"),
         ({"kd_feat_loss": "l2"}, "kd_feat_loss='l2' is unknown"),
+        ({"kd_feat_loss": ["cwd"]}, "kd_feat_loss=['cwd'] is unknown"),
         ({"kd_box": "big"}, "kd_box='big' must be a number"),
         ({"kd_teacher_amp": "yes"}, "must be True or False"),
         ({"kd_mgd_mask": 1.0}, "kd_mgd_mask=1.0 must be in [0, 1)"),

@@ -309,6 +309,7 @@ def _qat(argv: list[str], message: str) -> Any:
         (False, ["format=onnx", "quantize=w8a16", "data=d.yaml"], "format=onnx does not export quantize=w8a16"),
         (False, ["format=onnx", "quantize=int4"], "quantize=int4 is invalid"),
         (False, ["format=MLModel"], "format=mlmodel (CoreML's legacy file) is not exported here"),
+        (False, ["format=onnx", "runs=abc"], "runs='abc': give a whole number of at least 1"),
         _qat(["format=litert", "quantize=8"], "format=litert cannot carry a QAT checkpoint's learnt INT8 ranges"),
         _qat(["format=torchscript"], "format=torchscript cannot carry a QAT checkpoint's learnt INT8 ranges"),
         _qat(["format=onnx", "quantize=16"], "a QAT checkpoint exports INT8 only"),

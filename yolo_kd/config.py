@@ -187,7 +187,7 @@ class KDConfig:
             raise KDConfigError(f"kd_init_channels={self.kd_init_channels!r} is unknown; choose one of {INIT_CHANNELS}")
         from .losses import FEATURE_LOSSES  # the one list of feature-loss names (imported late: it needs torch)
 
-        if self.kd_feat_loss not in FEATURE_LOSSES:
+        if not isinstance(self.kd_feat_loss, str) or self.kd_feat_loss not in FEATURE_LOSSES:
             raise KDConfigError(f"kd_feat_loss={self.kd_feat_loss!r} is unknown; choose one of {tuple(FEATURE_LOSSES)}")
 
     def _validate_vocabulary(self) -> None:

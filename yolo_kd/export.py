@@ -410,6 +410,9 @@ def export_and_verify(
     from ultralytics.data.utils import check_det_dataset
 
     format = canonical_format(format)
+    for key, value in (("runs", runs), ("val_batch", val_batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExportError(f"{key}={value!r}: give a whole number of at least 1")
     pt = resolve_checkpoint(model)
     ckpt = read_checkpoint("model", pt)
     train_args, is_qat = ckpt.get("train_args") or {}, qat.is_qat_checkpoint(ckpt)
