@@ -99,6 +99,27 @@ def test_complete_checkpoints_strips_kd_args_and_keeps_state_out_of_best(tmp_pat
         assert ("state" in ckpt["kd"]) == (name != "best.pt"), name
 
 
+def test_a_kill_before_last_pt_keeps_the_epochs_periodic_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The save_period copy is written before last.pt: a kill between them leaves last.pt at the epoch before, which
+    resume trains (and copies) again, never a last.pt past an epoch whose copy is missing."""
+    from yolo_kd import checkpoint
+
+    scratch = tmp_path / "partial-last.pt"
+    torch.save({"train_args": {"epochs": 2}}, scratch)
+    saved = checkpoint.atomic_save
+
+    def killed_at_last(obj: object, path: Path) -> None:
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+        saved(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", killed_at_last)
+    targets = {"last": tmp_path / "last.pt", "best": tmp_path / "best.pt", "epoch": tmp_path / "epoch1.pt"}
+    with pytest.raises(KeyboardInterrupt):
+        complete_checkpoints(scratch, tmp_path / "none.pt", targets, kd_record(KDConfig(), "/t.pt", None, {}), ())
+    assert (tmp_path / "epoch1.pt").is_file() and not (tmp_path / "last.pt").exists()
+
+
 def test_resume_record_refuses_what_yolo_kd_did_not_write(tmp_path: Path) -> None:
     assert resume_record(False) is None
     with pytest.raises(KDConfigError, match="no such checkpoint"):
