@@ -229,20 +229,24 @@ def make_image(
     return img, labels
 
 
+def is_image_name(name: str | Path) -> bool:
+    """Whether a file name has a suffix Ultralytics reads as an image (its rule for folders and list files alike)."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    _, dot, suffix = str(name).rpartition(".")
+    return bool(dot) and suffix.lower() in IMG_FORMATS
+
+
 def image_files(folder: str | Path) -> list[Path]:
     """Every image Ultralytics can read under ``folder``, recursively, sorted.
 
     Hidden files and folders (``._x.jpg`` of macOS, ``.thumbnails/``) are left out, as Ultralytics' glob leaves them.
     """
-    from ultralytics.data.utils import IMG_FORMATS
-
     root = Path(folder)
     return sorted(
         p
         for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix[1:].lower() in IMG_FORMATS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.is_file() and is_image_name(p.name) and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
 

@@ -229,12 +229,13 @@ def check_request(
     if (supported is not None and fmt not in supported) or (quantize == 32 and fmt in FP32_UNSUPPORTED_FORMATS):
         ok = sorted(supported or set(known) - FP32_UNSUPPORTED_FORMATS)
         raise ExportError(f"format={fmt} does not export quantize={quantize}; formats that do: {', '.join(ok)}")
-    if calibrates(fmt, quantize) and not data:
+    calibrated = calibrates(fmt, quantize)
+    if calibrated and not data:
         raise ExportError(
             f"format={fmt} quantize={quantize} calibrates on your images: pass data=path/to/data.yaml "
             "(nothing is downloaded in its place)"
         )
-    _check_modules(fmt, calibrated=calibrates(fmt, quantize))
+    _check_modules(fmt, calibrated=calibrated)
 
 
 def _check_modules(fmt: str, calibrated: bool = False) -> None:

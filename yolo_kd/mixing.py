@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .config import KDConfig, KDConfigError
-from .dataset import image_files
+from .dataset import image_files, is_image_name
 from .files import write_text_atomic
 from .report import log_mixed_list
 
@@ -28,8 +28,6 @@ def labeled_images(img_path: str | Path | list[str | Path]) -> list[str]:
         label by the image's own path, so a linked image keeps its link's), a list file's image lines as written,
         ``./`` lines made relative to the file's folder.
     """
-    from ultralytics.data.utils import IMG_FORMATS
-
     images: list[str] = []
     for p in img_path if isinstance(img_path, list) else [img_path]:
         p = Path(p)
@@ -38,7 +36,7 @@ def labeled_images(img_path: str | Path | list[str | Path]) -> list[str]:
         else:  # an image list file: Ultralytics keeps only its lines with an image suffix
             for line in p.read_text().splitlines():
                 line = line.strip()
-                if line.rpartition(".")[-1].lower() in IMG_FORMATS:
+                if is_image_name(line):
                     images.append(str(p.parent / line[2:]) if line.startswith("./") else line)
     return images
 
