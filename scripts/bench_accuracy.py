@@ -55,11 +55,14 @@ from yolo_kd.runs import CHECKED, content_key, dataset_manifest, resumable, trai
 # "default" (all labels) for the share of the gap the unlabelled images recover.
 # "*_init": the same, but the student starts from the teacher's selected weights (kd_init=teacher's mechanism) instead
 # of a random init: baseline_init separates the init's share of the default's gain from the KD terms', native_init
-# gives Ultralytics' feature the same start.
+# gives Ultralytics' feature the same start. In the finetune regime they start from the teacher *instead of* the
+# pretrained student, as does "default_yaml": the default preset on a student built from its YAML, so kd_init=teacher
+# applies (what a user gets with model=yolov8n.yaml rather than yolov8n.pt; in the scratch regime it is "default").
 METHODS = (
     "baseline",
     "native",
     "default",
+    "default_yaml",
     "baseline_init",
     "native_init",
     "full",
@@ -98,7 +101,7 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         device=args.device,
         verbose=False,
     )
-    source = args.student_pt or args.student
+    source = args.student if method == "default_yaml" else args.student_pt or args.student
     if method.endswith(("_lab", "_lab_unl")):
         data, unlabeled = split_dataset(data, args.label_fraction)
         common["data"] = data
@@ -130,6 +133,8 @@ def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namesp
         init = {k: kd_set[k] for k in INIT_KEYS if k in kd_set}
         model = YOLO(teacher_selected_student(args.student, teacher, data, project / f"{name}_s{seed}", **init))
         model.train(**common, **({"distill_model": teacher} if method == "native_init" else {}))
+    elif method == "default_yaml":
+        model.train(trainer=KDDetectionTrainer, teacher=teacher, kd="default", **kd_set, **common)
     elif method == "default_fp32":
         model.train(
             trainer=KDDetectionTrainer, teacher=teacher, kd="default", **{**kd_set, "kd_teacher_amp": False}, **common
@@ -429,10 +434,9 @@ def main() -> None:
     data = str(make_dataset(args.data_root, name, args.n_train, args.n_val, args.imgsz, seed=0))
     warm_label_caches(data)
     teacher = args.teacher
+    if args.regime == "scratch" and "default_yaml" in args.methods:
+        raise SystemExit("default_yaml: in the scratch regime the student is always built from its YAML: use default")
     if args.regime == "finetune":
-        bad = sorted(set(args.methods) & {"baseline_init", "native_init"})
-        if bad:
-            raise SystemExit(f"{bad}: the teacher init does not apply to a pretrained student")
         project = project / "finetune"
         src_name = f"kdsource_{args.source_n_train}_{args.imgsz}"
         if args.student_pt is None or teacher is None:  # a stage to train on the source domain

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def test_finetune_regime_end_to_end(tmp_path: Path) -> None:
         "--epochs", "2",
         "--batch", "8",
         "--seeds", "0",
-        "--methods", "baseline", "default",
+        "--methods", "baseline", "default", "default_yaml",
         "--project", str(tmp_path / "runs"),
         "--data-root", str(tmp_path / "data"),
         "--out", str(tmp_path / "BENCH.md"),
@@ -41,9 +42,13 @@ def test_finetune_regime_end_to_end(tmp_path: Path) -> None:
     pretrained = sorted(runs.glob("pretrain_*"))
     assert [p.name.split("_")[1] for p in pretrained] == ["yolov8m", "yolov8n"]  # deeper teacher and the student
     results = [json.loads(line) for line in (runs / "accuracy_results.jsonl").read_text().splitlines()]
-    assert {r["method"] for r in results} == {"baseline", "default"}
+    assert {r["method"] for r in results} == {"baseline", "default", "default_yaml"}
     student = results[0]["setting"].split("|")[0]
     assert student.endswith("best.pt") and "pretrain_yolov8n" in student  # fine-tuned from the pretrained .pt
+    # default_yaml builds the student from its YAML, so it starts from the teacher's weights instead of the .pt
+    from_yaml = next(r for r in results if r["method"] == "default_yaml")
+    assert yaml.safe_load((Path(from_yaml["run"]) / "args.yaml").read_text())["model"] == "yolov8n.yaml"
+    assert "student starts from the teacher's weights" in first.stdout + first.stderr
     report = (tmp_path / "BENCH.md").read_text()
     assert "regime finetune" in report and "| default |" in report and "last quarter of its epochs" in report
 
