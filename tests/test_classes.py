@@ -43,6 +43,24 @@ def test_single_cls_student_is_checked_as_its_one_class_item(tmp_path: Path) -> 
     check_pair(teacher, "yolov8n.yaml", str(data), KDConfig(), single_cls=True)
 
 
+def test_a_teacher_of_other_image_channels_is_refused_in_one_line(tmp_path: Path) -> None:
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_kd.config import KDConfig
+    from yolo_kd.settings import check_pair
+
+    data = tmp_path / "gray.yaml"
+    data.write_text("path: .\ntrain: images\nval: images\nchannels: 1\nnames:\n  0: cat\n")
+    gray = DetectionModel("yolov8n.yaml", ch=1, nc=1, verbose=False)
+    gray.names = {0: "cat"}
+    check_pair(gray, "yolov8n.yaml", str(data), KDConfig())  # a grayscale teacher for grayscale data
+    rgb = DetectionModel("yolov8n.yaml", nc=1, verbose=False)
+    rgb.names = {0: "cat"}
+    with pytest.raises(KDConfigError, match="the teacher takes 3-channel images, data=.* has 1") as e:
+        check_pair(rgb, "yolov8n.yaml", str(data), KDConfig())
+    assert "\n" not in str(e.value)
+
+
 def subset_dataset(data_yaml: str, keep: list[str], out: Path) -> str:
     """Copy the generated dataset keeping only the classes in ``keep``, re-indexed in that order."""
     cfg = yaml.safe_load(Path(data_yaml).read_text())

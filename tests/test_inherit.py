@@ -362,6 +362,26 @@ def test_what_cannot_map_is_refused_and_student_untouched(student_cfg: str, teac
     assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
 
 
+def test_grayscale_and_half_teachers_are_selected_and_other_input_channels_refused() -> None:
+    def gray(cfg: str, seed: int) -> DetectionModel:
+        torch.manual_seed(seed)
+        return DetectionModel(cfg, ch=1, nc=3, verbose=False)
+
+    student, teacher = gray("yolov8n.yaml", 0), gray("yolov8n.yaml", 1)
+    assert inherit_weights(student, teacher, [(0, 0), (1, 1), (2, 2)]) is None  # a channels: 1 dataset
+    x = torch.rand(1, 1, 64, 64)
+    student.eval(), teacher.eval()
+    with torch.no_grad():
+        assert torch.equal(student(x)[0], teacher(x)[0])
+    assert inherit_weights(_model("yolov8n.yaml"), _model("yolov8s.yaml").half(), [(0, 0)], channels="even") is None
+
+    student = gray("yolov8n.yaml", 0)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    reason = inherit_weights(student, _model("yolov8s.yaml"), [(0, 0)])
+    assert reason is not None and "input channels differ (student 1, teacher 3)" in reason and "\n" not in reason
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
 def test_narrower_teacher_is_refused() -> None:
     student, teacher = _model("yolov8s.yaml"), _model("yolov8n.yaml")
     reason = inherit_weights(student, teacher, [(0, 0)])

@@ -128,6 +128,23 @@ def test_kd_gains_follow_the_teachers_measured_lead(
     assert all(schedule == pytest.approx(0.5 - best) for schedule, best in seen[1:])  # (teacher - student's best) / 1
 
 
+def test_a_run_asking_for_half_still_validates_the_teacher_on_fp32_images(data_yaml: str) -> None:
+    from ultralytics.cfg import get_cfg
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_kd.teacher import FrozenTeacher
+
+    loader, data, new_validator = _val_loader(data_yaml)
+    half = get_cfg(overrides={"imgsz": IMGSZ, "workers": 0, "plots": False, "half": True})
+    assert half.quantize == 16  # what Ultralytics makes of half=True: its validator would feed fp16 images
+    torch.manual_seed(0)
+    teacher = FrozenTeacher(DetectionModel("yolov8n.yaml", nc=len(data["names"]), verbose=False), torch.device("cpu"))
+    pairs = [(c, c) for c in range(len(data["names"]))]
+    asked_half = teacher_fitness(teacher, DetectionValidator(loader, args=half), data, pairs, data["names"])
+    assert asked_half == teacher_fitness(teacher, new_validator(), data, pairs, data["names"])
+
+
 @pytest.mark.slow
 def test_teacher_fitness_of_a_real_teacher_equals_ultralytics_validation(data_yaml: str, teacher_pt: str) -> None:
     from ultralytics import YOLO

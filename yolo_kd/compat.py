@@ -195,6 +195,9 @@ def validation_fitness(
         The fitness (mAP50-95 for detection) on rank 0 or a single process; None on other DDP ranks.
     """
     validator.args.plots = validator.args.save_json = validator.args.save_txt = False
+    # fp32 images whatever the run's half=/quantize=16 asked, as Ultralytics' own validation inside training resets
+    # it on the CPU; ``predict`` casts them to its model's precision (an fp16 CUDA teacher)
+    validator.args.quantize = None
     validator.training = True  # as inside a training run: no dataset checks, metrics computed as for the student
     validator.device, validator.data = device, data
     validator.init_metrics(SimpleNamespace(names=names, end2end=False))

@@ -164,9 +164,12 @@ def _layer_channels(model: nn.Module) -> tuple[list[int | None], dict[str, list[
             handles.append(module.register_forward_pre_hook(lambda m, a: conv_in.setdefault(names[id(m)], a[0])))
     was_training = model.training
     model.eval()
+    p = next(model.parameters())
+    # the model's own input channels and dtype: a grayscale (channels: 1) model or a half teacher must run the probe
+    ch = model.yaml.get("channels", 3) if isinstance(getattr(model, "yaml", None), dict) else 3
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device))
+            model(torch.zeros(1, ch, 64, 64, device=p.device, dtype=p.dtype))
     finally:
         model.train(was_training)
         for h in handles:
@@ -247,6 +250,9 @@ def selection(
     s_reg, t_reg = (getattr(find_detect_head(m), "reg_max", None) for m in (student, teacher))
     if s_reg != t_reg:
         return f"reg_max differs (student {s_reg}, teacher {t_reg}): box bins would not match"
+    s_in, t_in = (next(m.parameters()).shape[1] for m in (student, teacher))
+    if s_in != t_in:  # the first conv's input channels: slicing them would keep, say, the red filters for gray
+        return f"their input channels differ (student {s_in}, teacher {t_in}): the images they see differ"
     s_layers, t_layers = list(getattr(student, "model", [])), list(getattr(teacher, "model", []))
     kinds = [(i, type(a).__name__, type(b).__name__) for i, (a, b) in enumerate(zip(s_layers, t_layers))]
     other = next(((i, a, b) for i, a, b in kinds if a != b), None)

@@ -225,7 +225,7 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig, single_
         single_cls: Ultralytics' ``single_cls``: the student then has one class, which Ultralytics names 'item'.
 
     Raises:
-        KDConfigError: Different strides, or no class in common.
+        KDConfigError: Different strides, input channels the teacher does not take, or no class in common.
     """
     from ultralytics.nn.tasks import DetectionModel
 
@@ -243,6 +243,12 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig, single_
             f"teacher strides {teacher.stride.int().tolist()} differ from the student's "
             f"{student_stride.int().tolist()}: their head maps cannot be matched"
         )
+    channels, t_in = data_channels(data), next(teacher.parameters()).shape[1]
+    if channels is not None and channels != t_in:
+        raise KDConfigError(
+            f"the teacher takes {t_in}-channel images, data={data} has {channels} (its channels: key): "
+            "train the teacher on images like the student's"
+        )
     if names is not None:
         try:
             class_pairs(names, name_list(teacher.names), cfg.kd_class_map)
@@ -250,6 +256,22 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig, single_
             if single_cls:  # say why the student's classes are not the data YAML's
                 raise KDConfigError(f"single_cls=True names the student's one class 'item': {e}") from None
             raise
+
+
+def data_channels(data: Any) -> int | None:
+    """The image channels of Ultralytics' ``data=`` (its ``channels:`` key, 3 when absent), when it is a YAML on disk.
+
+    Args:
+        data: Ultralytics' ``data=``.
+
+    Returns:
+        The channel count, or None when the file cannot be read here.
+    """
+    from ultralytics.utils import YAML
+
+    if isinstance(data, (str, Path)) and str(data).endswith((".yaml", ".yml")) and Path(data).is_file():
+        return int(YAML.load(data).get("channels", 3))
+    return None
 
 
 def data_names(data: Any) -> list[str] | None:

@@ -189,8 +189,7 @@ class FrozenTeacher(nn.Module):
         Returns:
             (B, 4 + C, A) in fp32: xywh boxes in pixels, then class scores.
         """
-        if self.dtype == torch.float16:
-            images = images.half()
+        images = images.half() if self.dtype == torch.float16 else images.float()
         with torch.autocast(images.device.type, enabled=False):
             out = self.model(images)
         return (out[0] if isinstance(out, tuple) else out).float()
