@@ -16,9 +16,11 @@
 # Schedule: 60 epochs is early training here (a 120-epoch baseline still rises 3.9 points over its last quarter,
 # docs/BENCHMARKS.md); for the plateau give EPOCHS of 300 or more, and a teacher trained longer than the 50-epoch one
 # (it leads the 120-epoch baseline by only 10.5 points).
-# Lanes: the users' regime (finetune) on 3 seeds: baseline, native, the default, and the target-1 candidates the CPU
-# stand-in could not separate from seed noise (docs/BENCHMARKS.md, 2026-12-02): CrossKD added to the default, doubled
-# logit and box gains, temperature 1. RUNS replaces the list (bench_lanes.py's --runs syntax).
+# Lanes: the users' regime (finetune) on 3 seeds: baseline, native, the default, the student started from the
+# teacher's weights instead of the pretrained .pt (default_yaml, and baseline_init without KD terms: the largest gain
+# the 64-px stand-in showed, 2026-12-03, with a teacher that had no lead), and CrossKD added to the default (the one
+# 2026-12-02 candidate with a consistent sign). RUNS replaces the list (bench_lanes.py's --runs syntax), e.g. with
+# "default:kd_cls=2,kd_box=1" "default:kd_cls_temp=1,kd_box_temp=1", which seed noise could not separate either.
 epochs=${1:-60}; deadline=${2:-500}; device=${DEVICE:-0}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 tmodel=${TEACHER_MODEL:-yolov8m.yaml}; tepochs=${TEACHER_EPOCHS:-150}
 imgsz=${IMGSZ:-128}; tsource=${TEACHER_SOURCE_EPOCHS:-30}  # the 64-px stand-in: IMGSZ=64 TEACHER_SOURCE_EPOCHS=10
@@ -35,7 +37,7 @@ if [ -z "$T" ] || [ -z "$S" ]; then  # nothing carried: train the teacher (150 e
   T=$(ls $W/bench/finetune/teacher_best_*/weights/best.pt); S=$(ls $W/bench/finetune/pretrain_yolov8n_*/weights/best.pt)
 fi
 deadline=$((deadline - SECONDS))  # what the install and any stage training left of it
-runs=${RUNS:-baseline native default "default:kd_cross=1" "default:kd_cls=2,kd_box=1" "default:kd_cls_temp=1,kd_box_temp=1"}
+runs=${RUNS:-baseline native default default_yaml baseline_init "default:kd_cross=1"}
 eval "set -- $runs"  # the quoted entries stay whole
 python3 scripts/bench_lanes.py --runs "$@" --seeds 0 1 2 --lanes 18 --deadline "$deadline" --logs $W/lanes -- \
   --regime finetune --teacher "$T" --pretrained-student "$S" --imgsz "$imgsz" --epochs "$epochs" --device "$device" \
