@@ -23,6 +23,9 @@ def test_pairs_by_normalised_name_and_explicit_map() -> None:
         class_pairs(["zebra"], teacher)
     with pytest.raises(KDConfigError, match="teacher has no class named 'bus'"):
         class_pairs(["auto"], teacher, {"auto": "bus"})
+    with pytest.raises(KDConfigError, match="student class 'auto' \\(0\\) is mapped twice"):
+        class_pairs(["auto", "hund"], teacher, {"auto": "car", 0: "person"})  # by name and by index
+    assert class_pairs(["auto", "car"], teacher, {"auto": "car", "car": "car"}) == [(0, 2), (1, 2)]  # one teacher class
 
 
 def test_single_cls_student_is_checked_as_its_one_class_item(tmp_path: Path) -> None:

@@ -41,6 +41,13 @@ def class_pairs(
         pairs = [
             (_index(s, student_names, "student"), _index(t, teacher_names, "teacher")) for s, t in explicit.items()
         ]
+        seen = [si for si, _ in pairs]
+        twice = next((si for si in seen if seen.count(si) > 1), None)
+        if twice is not None:  # one name and one index for the same class: one logit cannot match two targets
+            raise KDConfigError(
+                f"kd_class_map: student class {student_names[twice]!r} ({twice}) is mapped twice; "
+                "give each student class one teacher class"
+            )
     else:
         teacher_index = {norm_name(n): i for i, n in enumerate(teacher_names)}
         pairs = [(i, teacher_index[norm_name(n)]) for i, n in enumerate(student_names) if norm_name(n) in teacher_index]
