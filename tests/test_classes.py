@@ -10,9 +10,14 @@ import pytest
 import yaml
 
 from yolo_kd import KDConfigError, KDDetectionTrainer
-from yolo_kd.classes import class_pairs, norm_name
+from yolo_kd.classes import class_pairs, name_list, norm_name
 
 from .conftest import IMGSZ
+
+
+def test_names_are_read_in_index_order() -> None:
+    assert name_list({1: "dog", 0: "cat", "2": "bird"}) == ["cat", "dog", "bird"]  # a YAML written out of order
+    assert name_list(["cat", "dog"]) == ["cat", "dog"] and name_list(None) == []
 
 
 def test_pairs_by_normalised_name_and_explicit_map() -> None:

@@ -8,8 +8,16 @@ from .config import KDConfigError
 
 
 def name_list(names: Any) -> list[str]:
-    """Class names as a list, from Ultralytics' ``{index: name}`` dict or a list (None: no names)."""
-    return list(names.values()) if isinstance(names, dict) else list(names or [])
+    """Class names as a list, from Ultralytics' ``{index: name}`` dict or a list (None: no names).
+
+    A dict is read in index order, as Ultralytics indexes it, whatever order its YAML wrote the entries in.
+    """
+    if isinstance(names, dict):
+        try:
+            return [v for _, v in sorted(names.items(), key=lambda kv: int(kv[0]))]
+        except (TypeError, ValueError):  # keys that are not indices: Ultralytics refuses such a YAML itself
+            return list(names.values())
+    return list(names or [])
 
 
 def norm_name(name: Any) -> str:
