@@ -164,12 +164,10 @@ def _layer_channels(model: nn.Module) -> tuple[list[int | None], dict[str, list[
             handles.append(module.register_forward_pre_hook(lambda m, a: conv_in.setdefault(names[id(m)], a[0])))
     was_training = model.training
     model.eval()
-    p = next(model.parameters())
-    # the model's own input channels and dtype: a grayscale (channels: 1) model or a half teacher must run the probe
-    ch = model.yaml.get("channels", 3) if isinstance(getattr(model, "yaml", None), dict) else 3
+    p = next(model.parameters())  # the first conv's weight: the probe takes its input channels, device and dtype
     try:
         with torch.no_grad():
-            model(torch.zeros(1, ch, 64, 64, device=p.device, dtype=p.dtype))
+            model(torch.zeros(1, p.shape[1], 64, 64, device=p.device, dtype=p.dtype))
     finally:
         model.train(was_training)
         for h in handles:

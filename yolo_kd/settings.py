@@ -267,11 +267,8 @@ def data_channels(data: Any) -> int | None:
     Returns:
         The channel count, or None when the file cannot be read here.
     """
-    from ultralytics.utils import YAML
-
-    if isinstance(data, (str, Path)) and str(data).endswith((".yaml", ".yml")) and Path(data).is_file():
-        return int(YAML.load(data).get("channels", 3))
-    return None
+    cfg = _data_yaml(data)
+    return None if cfg is None else int(cfg.get("channels", 3))
 
 
 def data_names(data: Any) -> list[str] | None:
@@ -283,8 +280,14 @@ def data_names(data: Any) -> list[str] | None:
     Returns:
         The names, or None when they cannot be read here (the trainer reads them later).
     """
+    cfg = _data_yaml(data)
+    return None if cfg is None else name_list(cfg.get("names")) or None
+
+
+def _data_yaml(data: Any) -> dict[str, Any] | None:
+    """Ultralytics' ``data=`` read as a dict when it is a YAML file on disk, else None (the trainer reads it later)."""
     from ultralytics.utils import YAML
 
     if isinstance(data, (str, Path)) and str(data).endswith((".yaml", ".yml")) and Path(data).is_file():
-        return name_list(YAML.load(data).get("names")) or None
+        return YAML.load(data)
     return None
