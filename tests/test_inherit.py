@@ -444,3 +444,34 @@ def test_trainer_starts_a_yaml_student_from_a_deeper_teacher(
     want = teacher.state_dict()[f"model.4.m.{teacher_block}.cv1.conv.weight"]
     want = want.index_select(0, evenly_spaced(want.shape[0], got.shape[0]))
     assert torch.equal(got, want.index_select(1, evenly_spaced(want.shape[1], got.shape[1])))
+
+
+@pytest.mark.slow
+def test_grayscale_data_trains_end_to_end_from_a_grayscale_teacher(tmp_path: Path) -> None:
+    """``channels: 1`` data, a 1-channel teacher: the YAML student is built with 1 channel, starts from the teacher,
+    trains with the KD terms, and its checkpoint predicts a grayscale image with plain Ultralytics."""
+    import cv2
+    import yaml
+    from ultralytics import YOLO
+
+    from yolo_kd.dataset import make_dataset
+
+    spec = yaml.safe_load(make_dataset(tmp_path, "g", n_train=8, n_val=4, imgsz=64, seed=0).read_text())
+    images = sorted((tmp_path / "g" / "images").rglob("*.png"))
+    for image in images:  # the generator draws in colour: store each image as one channel
+        cv2.imwrite(str(image), cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2GRAY))
+    data = tmp_path / "gray.yaml"
+    data.write_text(yaml.safe_dump({**spec, "channels": 1}))
+    torch.manual_seed(1)
+    teacher = DetectionModel("yolov8s.yaml", ch=1, nc=len(spec["names"]), verbose=False)
+    teacher.names = spec["names"]
+    path = tmp_path / "gray_teacher.pt"
+    torch.save({"model": teacher, "train_args": {}}, path)
+
+    trainer = tiny_trainer(str(data), str(path), tmp_path, "gray", val=False)
+    trainer.train()
+    assert trainer.student_init == "the teacher's weights"
+    student = YOLO(str(trainer.last))
+    assert student.model.model[0].conv.in_channels == 1
+    assert cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED).ndim == 2
+    assert len(student.predict(str(images[0]), imgsz=64, verbose=False)) == 1
