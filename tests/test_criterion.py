@@ -30,6 +30,18 @@ def test_set_epoch_sets_every_scheduled_quantity() -> None:
     assert only.schedule == 1.0 and not only.pseudo_every_sample
 
 
+def test_the_lead_share_multiplies_the_fade() -> None:
+    """``kd_lead``'s share scales ``kd_final``'s fade (not the smaller of the two): at the middle epoch of 5 with
+    ``kd_final=0.2`` the fade is 0.6, so a lead share of 0.5 gives 0.3 and a share of 0 switches the terms off."""
+    loss = _loss(kd_final=0.2)
+    loss.set_epoch(2, 5, lead=0.5)
+    assert loss.schedule == pytest.approx(0.3)
+    loss.set_epoch(4, 5, lead=0.9)  # the last epoch: 0.2 * 0.9, where the smaller of the two would be 0.2
+    assert loss.schedule == pytest.approx(0.18)
+    loss.set_epoch(0, 5, lead=0.0)
+    assert loss.schedule == 0.0
+
+
 def test_guard_repairs_in_place_and_reports_on_the_device() -> None:
     out = {"boxes": torch.ones(1, 4, 2), "scores": torch.zeros(1, 3, 2), "feats": [torch.ones(1, 2, 2, 2)]}
     out["pred"] = torch.full((1, 7, 2), float("nan"))
