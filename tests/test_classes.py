@@ -69,6 +69,32 @@ def test_a_teacher_of_other_image_channels_is_refused_in_one_line(tmp_path: Path
     assert "\n" not in str(e.value)
 
 
+def test_pseudo_labels_from_an_end_to_end_teacher_saved_fused_are_refused_in_one_line(tmp_path: Path) -> None:
+    """A YOLO26 teacher saved after Ultralytics' inference fusion has no dense branch to cut pseudo-labels from."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_kd.config import KDConfig
+    from yolo_kd.settings import check_pair
+    from yolo_kd.teacher import FrozenTeacher
+
+    data = tmp_path / "data.yaml"
+    data.write_text("path: .\ntrain: images\nval: images\nnames:\n  0: cat\n")
+    (tmp_path / "unlabeled").mkdir()
+    (tmp_path / "unlabeled" / "a.png").write_bytes(b"")  # the config checks that the folder holds images
+    pseudo = KDConfig(unlabeled=str(tmp_path / "unlabeled"))
+    teacher = DetectionModel("yolo26n.yaml", nc=1, verbose=False)
+    teacher.names = {0: "cat"}
+    check_pair(teacher, "yolo26n.yaml", str(data), pseudo)  # as trained: both branches
+    teacher.model[-1].end2end = True  # NMS-free inference, as Ultralytics predicts and exports YOLO26
+    teacher.model[-1].fuse()  # fusion then keeps the one2one branch alone
+    with pytest.raises(KDConfigError, match="saved fused, without the dense branch") as e:
+        check_pair(teacher, "yolo26n.yaml", str(data), pseudo)
+    assert "\n" not in str(e.value)
+    check_pair(teacher, "yolo26n.yaml", str(data), KDConfig(unlabeled=pseudo.unlabeled, kd_pseudo=False))
+    check_pair(teacher, "yolo26n.yaml", str(data), KDConfig())  # the KD terms alone read its one2one outputs
+    assert not FrozenTeacher(teacher, __import__("torch").device("cpu"), amp=False).dense
+
+
 def subset_dataset(data_yaml: str, keep: list[str], out: Path) -> str:
     """Copy the generated dataset keeping only the classes in ``keep``, re-indexed in that order."""
     cfg = yaml.safe_load(Path(data_yaml).read_text())

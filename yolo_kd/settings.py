@@ -12,7 +12,7 @@ from . import checkpoint, qat
 from .classes import class_pairs, name_list
 from .config import KDConfig, KDConfigError, kd_keys, load_kd_config, load_recorded_config
 from .files import atomic_path
-from .teacher import file_sha256, load_teacher_model
+from .teacher import dense_branch_fused_away, file_sha256, load_teacher_model
 from .vocabulary import is_open_vocabulary, open_vocabulary_teacher
 
 RESUME_KEYS = ("teacher", "kd_teacher_embeddings", "unlabeled")  # the KD keys a resume takes: files that may have moved
@@ -225,7 +225,8 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig, single_
         single_cls: Ultralytics' ``single_cls``: the student then has one class, which Ultralytics names 'item'.
 
     Raises:
-        KDConfigError: Different strides, input channels the teacher does not take, or no class in common.
+        KDConfigError: Different strides, input channels the teacher does not take, no class in common, or
+            pseudo-labels asked of a teacher that cannot give them.
     """
     from ultralytics.nn.tasks import DetectionModel
 
@@ -242,6 +243,11 @@ def check_pair(teacher: nn.Module, model: Any, data: Any, cfg: KDConfig, single_
         raise KDConfigError(
             f"teacher strides {teacher.stride.int().tolist()} differ from the student's "
             f"{student_stride.int().tolist()}: their head maps cannot be matched"
+        )
+    if cfg.unlabeled and cfg.kd_pseudo and dense_branch_fused_away(teacher):
+        raise KDConfigError(
+            "unlabeled= with kd_pseudo=True: this end-to-end teacher was saved fused, without the dense branch its "
+            "pseudo-labels come from; give its training checkpoint (weights/best.pt) or set kd_pseudo=False"
         )
     channels, t_in = data_channels(data), next(teacher.parameters()).shape[1]
     if channels is not None and channels != t_in:

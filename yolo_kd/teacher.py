@@ -32,6 +32,20 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def dense_branch_fused_away(model: nn.Module) -> bool:
+    """Whether an end-to-end teacher (YOLO26, v10) was saved after Ultralytics' inference fusion removed its dense
+    one2many branch: its outputs are then NMS-free detections, not the dense predictions pseudo-labels are cut from.
+
+    Args:
+        model: An Ultralytics detection model, as loaded.
+
+    Returns:
+        True for an end-to-end head that keeps only its one2one branch.
+    """
+    head = find_detect_head(model)
+    return getattr(head, "one2one_cv2", None) is not None and getattr(head, "cv2", None) is None
+
+
 def load_teacher_model(path: str | Path) -> nn.Module:
     """Load an Ultralytics detection checkpoint (or an open-vocabulary one, YOLOE-seg included) as fp32 on the CPU.
 
@@ -102,6 +116,9 @@ class FrozenTeacher(nn.Module):
         self, model: nn.Module, device: torch.device, amp: bool = True, feats: bool = True, cross_head: bool = False
     ) -> None:
         super().__init__()
+        # False only for an end-to-end teacher whose dense branch was fused away before it reached us: its eval
+        # output is then already NMS-free (B, max_det, 6), not the dense (B, 4 + C, A) predictions
+        self.dense = not dense_branch_fused_away(model)
         head = find_detect_head(model)
         if getattr(head, "one2one_cv2", None) is not None:
             # End-to-end heads (YOLO26, v10): fusion keeps one branch. Keep the dense one2many branch, the one the
@@ -127,9 +144,6 @@ class FrozenTeacher(nn.Module):
         self.nc = find_detect_head(self.model).nc
         self.stride = self.model.stride
         self.names = getattr(self.model, "names", {})
-        # False only for an end-to-end teacher whose dense branch was fused away before it reached us: its eval
-        # output is then already NMS-free (B, max_det, 6), not the dense (B, 4 + C, A) predictions
-        self.dense = not getattr(find_detect_head(self.model), "end2end", False)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         """Stay in eval mode whatever is asked (the teacher's BatchNorm statistics must never move).
