@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import shutil
 from pathlib import Path
@@ -71,6 +72,7 @@ def test_a_teacher_of_other_image_channels_is_refused_in_one_line(tmp_path: Path
 
 def test_pseudo_labels_from_an_end_to_end_teacher_saved_fused_are_refused_in_one_line(tmp_path: Path) -> None:
     """A YOLO26 teacher saved after Ultralytics' inference fusion has no dense branch to cut pseudo-labels from."""
+    import torch
     from ultralytics.nn.tasks import DetectionModel
 
     from yolo_kd.config import KDConfig
@@ -85,14 +87,17 @@ def test_pseudo_labels_from_an_end_to_end_teacher_saved_fused_are_refused_in_one
     teacher = DetectionModel("yolo26n.yaml", nc=1, verbose=False)
     teacher.names = {0: "cat"}
     check_pair(teacher, "yolo26n.yaml", str(data), pseudo)  # as trained: both branches
-    teacher.model[-1].end2end = True  # NMS-free inference, as Ultralytics predicts and exports YOLO26
+    fused = copy.deepcopy(teacher)
+    fused.model[-1].fuse()  # fused with NMS (end2end off): the one2one branch goes, the dense one stays
+    check_pair(fused, "yolo26n.yaml", str(data), pseudo)
+    teacher.model[-1].end2end = True  # NMS-free mode, as nms=False selects
     teacher.model[-1].fuse()  # fusion then keeps the one2one branch alone
     with pytest.raises(KDConfigError, match="saved fused, without the dense branch") as e:
         check_pair(teacher, "yolo26n.yaml", str(data), pseudo)
     assert "\n" not in str(e.value)
     check_pair(teacher, "yolo26n.yaml", str(data), KDConfig(unlabeled=pseudo.unlabeled, kd_pseudo=False))
     check_pair(teacher, "yolo26n.yaml", str(data), KDConfig())  # the KD terms alone read its one2one outputs
-    assert not FrozenTeacher(teacher, __import__("torch").device("cpu"), amp=False).dense
+    assert not FrozenTeacher(teacher, torch.device("cpu"), amp=False).dense
 
 
 def subset_dataset(data_yaml: str, keep: list[str], out: Path) -> str:

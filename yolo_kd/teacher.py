@@ -41,6 +41,9 @@ def dense_branch_fused_away(model: nn.Module) -> bool:
 
     Returns:
         True for an end-to-end head that keeps only its one2one branch.
+
+    Raises:
+        ValueError: The model has no Detect head.
     """
     head = find_detect_head(model)
     return getattr(head, "one2one_cv2", None) is not None and getattr(head, "cv2", None) is None
