@@ -391,6 +391,42 @@ class KDLoss:
         return {**batch, "batch_idx": batch_idx[order], "cls": torch.cat(cls)[order], "bboxes": torch.cat(boxes)[order]}
 
 
+def attach_kd_loss(
+    student: nn.Module,
+    teacher: FrozenTeacher,
+    distiller: Distiller | None,
+    cfg: KDConfig,
+    class_map: list[tuple[int, int]] | None = None,
+    unlabeled_files: set[str] | None = None,
+) -> KDLoss:
+    """Wrap the student's detection criterion in ``KDLoss`` and make it the student's criterion.
+
+    The trainer calls this after Ultralytics has made its EMA copy of the student, so that copy, the validation model
+    and every checkpoint derived from it never hold the teacher.
+
+    Args:
+        student: The training student (unwrapped from DDP).
+        teacher: The frozen teacher.
+        distiller: The connectors and KD losses.
+        cfg: The KD settings.
+        class_map: (student class, teacher class) pairs, or None when the classes coincide (``KDParts.class_map``).
+        unlabeled_files: The unlabeled images mixed into training.
+
+    Returns:
+        The criterion now on the student.
+    """
+    base = getattr(student, "criterion", None) or student.init_criterion()
+    reg_max = student.model[-1].reg_max
+    student.criterion = KDLoss(base, teacher, distiller, cfg, reg_max, class_map, unlabeled_files)
+    return student.criterion
+
+
+def kd_loss_of(student: nn.Module) -> KDLoss | None:
+    """The student's KD criterion: the one ``attach_kd_loss`` set, or None before that and after training."""
+    criterion = getattr(student, "criterion", None)
+    return criterion if isinstance(criterion, KDLoss) else None
+
+
 def guard_non_finite(teacher: dict[str, Any], with_pred: bool = False) -> torch.Tensor:
     """Make the teacher's outputs finite in place, and say on the device whether they already were.
 

@@ -19,7 +19,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from . import checkpoint, compat, report
 from .classes import name_list
 from .config import kd_keys
-from .criterion import KDLoss, build_kd
+from .criterion import attach_kd_loss, build_kd, kd_loss_of
 from .distiller import Distiller, add_connector_group, clip_connector_gradients
 from .inherit import init_student
 from .lead import LeadGate, measure_lead
@@ -37,10 +37,7 @@ class KDDetectionTrainer(DetectionTrainer):
     ``KDConfig``; those are removed before Ultralytics parses the rest, so Ultralytics' own keys pass untouched.
     Bad KD input raises ``KDConfigError`` before the run folder is created.
 
-    With ``quantize=8`` the student trains with Ultralytics' INT8 fake quantization (QAT, see qat.py). Ultralytics
-    inserts it in ``_setup_train`` after ``setup_model``, so the student is quantized with its final initial weights
-    (``kd_init`` or ``model=best.pt``) and calibrated before the KD criterion exists (calibration runs no teacher
-    pass); the teacher is never quantized and runs in fp32.
+    With ``quantize=8`` the student trains with INT8 fake quantization; the teacher stays fp32 (qat.py).
 
     Attributes:
         kd_cfg (KDConfig): The run's KD settings (from the arguments, or from the checkpoint on resume).
@@ -174,12 +171,8 @@ class KDDetectionTrainer(DetectionTrainer):
         """
         with compat.amp_check_offline():
             super()._setup_train()
-        model = unwrap_model(self.model)
-        base = getattr(model, "criterion", None) or model.init_criterion()
-        reg_max = model.model[-1].reg_max
-        model.criterion = KDLoss(
-            base, self.teacher, self.distiller, self.kd_cfg, reg_max, self._class_map, self.unlabeled_files
-        )
+        kd = self.teacher, self.distiller, self.kd_cfg, self._class_map, self.unlabeled_files
+        attach_kd_loss(unwrap_model(self.model), *kd)
         if self.kd_cfg.kd_lead > 0:  # the teacher's score on the student's validation set, once (see lead.py)
             names = dict(enumerate(name_list(self.data["names"])))
             args = (self.teacher, self.get_validator(), self.data, self.class_pairs, names, self.kd_cfg.kd_lead)
@@ -195,7 +188,7 @@ class KDDetectionTrainer(DetectionTrainer):
             The preprocessed batch.
         """
         batch = super().preprocess_batch(batch)
-        criterion = self._kd_loss()
+        criterion = kd_loss_of(unwrap_model(self.model))
         if criterion is not None:
             criterion.prefetch(batch["img"])
         return batch
@@ -224,18 +217,9 @@ class KDDetectionTrainer(DetectionTrainer):
         """Whether this rank runs in a process group (DDP), where rank-local KD state must be shared."""
         return self.world_size > 1 and torch.distributed.is_initialized()
 
-    def _kd_loss(self) -> KDLoss | None:
-        """The live student's KD criterion.
-
-        Returns:
-            The criterion once ``_setup_train`` has built it; None before and after training.
-        """
-        criterion = getattr(unwrap_model(self.model), "criterion", None)
-        return criterion if isinstance(criterion, KDLoss) else None
-
     def _set_kd_epoch(self) -> None:
         """Callback at each epoch's start: the one place the KD criterion learns the epoch and the teacher's lead."""
-        criterion = self._kd_loss()
+        criterion = kd_loss_of(unwrap_model(self.model))
         if criterion is not None:
             mixing = bool(sample_mixing(self.args, self.epoch, self.epochs))
             lead = self._lead.epoch_share(self.epoch, self.best_fitness, self.device, self._distributed)
@@ -243,7 +227,7 @@ class KDDetectionTrainer(DetectionTrainer):
 
     def _report_dropped_kd(self) -> None:
         """Callback at each epoch's end: warn about steps whose KD terms were dropped as non-finite."""
-        criterion = self._kd_loss()
+        criterion = kd_loss_of(unwrap_model(self.model))
         if criterion is not None:
             report.warn_dropped(self.epoch + 1, criterion.pop_dropped_steps())
 
