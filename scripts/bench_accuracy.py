@@ -78,14 +78,23 @@ INIT_KEYS = ("kd_init_blocks", "kd_init_channels")  # ... except these, which th
 TEACHERLESS = ("baseline", "base_lab")
 
 
+def teacher_folder(teacher: str | Path) -> str:
+    """The folder of runs with a given teacher: ``with_`` its run's name (``<run>/weights/best.pt``), else its stem.
+
+    Teacher files side by side outside a run (``snap/t33.pt``, ``snap/t61.pt``) get a folder each.
+    """
+    path = Path(teacher)
+    return f"with_{path.parent.parent.name if path.parent.name == 'weights' else path.stem}"
+
+
 def train(method: str, data: str, teacher: str, seed: int, args: argparse.Namespace, project: Path) -> dict:
     """Train one student and return its final metrics."""
     kd_set = parse_sets(args.set)
     name = method_name(method, args.set)
     if args.epochs != 20:  # other schedules get their own folder, so runs of one schedule never overwrite another's
         project = project / f"e{args.epochs}"
-    if args.teacher is not None:  # so do runs with another teacher: its run folder's name (or file stem)
-        project = project / f"with_{Path(teacher).parent.parent.name or Path(teacher).stem}"
+    if args.teacher is not None:  # so do runs with another teacher
+        project = project / teacher_folder(teacher)
     common = dict(
         data=data,
         epochs=args.epochs,

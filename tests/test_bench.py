@@ -229,3 +229,12 @@ def test_bench_records_survive_a_run_killed_while_writing(tmp_path: Path, capsys
     got = read_records(records)
     assert got == [{"method": "baseline", "seed": 0}, {"method": "default", "seed": 1}]
     assert "accuracy_results.jsonl:2: not a whole record" in capsys.readouterr().err
+
+
+def test_runs_with_teachers_side_by_side_get_a_folder_each() -> None:
+    """Two teacher files in one folder must not share a run folder: a later run would overwrite the earlier one's."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_accuracy as bench
+
+    assert bench.teacher_folder("runs/x/teacher_a/weights/best.pt") == "with_teacher_a"
+    assert bench.teacher_folder("runs/snap/t33.pt") != bench.teacher_folder("runs/snap/t61.pt")
