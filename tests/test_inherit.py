@@ -78,7 +78,7 @@ def test_top_channels_by_hand() -> None:
 
 
 def test_channel_choices_agree_with_the_config() -> None:
-    assert INIT_CHANNELS == CHANNEL_CHOICES and load_kd_config().kd_init_channels == "importance"
+    assert INIT_CHANNELS == CHANNEL_CHOICES and load_kd_config().kd_init_channels == "even"
 
 
 def test_importance_keeps_the_teachers_largest_scales_by_hand() -> None:

@@ -12,10 +12,11 @@ block ``first[j] = j`` (``blocks="first"``, the paper's choice) or ``even[j] = f
 (``blocks="even"``), and C2f's output conv keeps the input channels of exactly the inherited blocks. A pair whose
 blocks differ in kind (yolo11m's C3k blocks where yolo11n has plain bottlenecks) has no such mapping and is refused.
 
-Which channels a narrower student keeps is ``channels``: the teacher's most important ones (``"importance"``, the
-default, see channels.py; the YOLOv8, YOLO11 and YOLO26 layer kinds) or the paper's evenly spaced ones (``"even"``,
-and every layout channels.py does not trace). On a yolov8m teacher the important channels gave a 20-epoch yolov8n
-about 10 points more mAP50-95 than evenly spaced ones (docs/BENCHMARKS.md).
+Which channels a narrower student keeps is ``channels``: the paper's evenly spaced ones (``"even"``, the default)
+or the teacher's most important ones (``"importance"``, see channels.py; the YOLOv8, YOLO11 and YOLO26 layer kinds,
+else evenly spaced). Importance won from two teachers trained from scratch (+10 points for a 20-epoch yolov8n from
+a yolov8m) and lost from every source-pretrained, fine-tuned one measured (4 to 11 points at 100 epochs), the
+teachers users have; a random consistent subset did as well as even spacing there (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -224,9 +225,7 @@ def _teacher_key(key: str, renames: dict[str, str]) -> str:
     return key
 
 
-def selection(
-    student: nn.Module, teacher: nn.Module, blocks: str = "first", channels: str = "importance"
-) -> Selection | str:
+def selection(student: nn.Module, teacher: nn.Module, blocks: str = "first", channels: str = "even") -> Selection | str:
     """Where every student tensor comes from in the teacher, or why the pair cannot be selected.
 
     Args:
@@ -288,9 +287,7 @@ def selection(
     return Selection(keys, important[0], skipped, important[1], channels="importance")
 
 
-def selection_plan(
-    student: nn.Module, teacher: nn.Module, blocks: str = "first", channels: str = "importance"
-) -> Plan | str:
+def selection_plan(student: nn.Module, teacher: nn.Module, blocks: str = "first", channels: str = "even") -> Plan | str:
     """The planned teacher indices (``selection(...).index``; other dimensions are evenly spaced), or why not."""
     chosen = selection(student, teacher, blocks, channels)
     return chosen if isinstance(chosen, str) else chosen.index
@@ -301,7 +298,7 @@ def inherit_weights(
     teacher: nn.Module,
     class_pairs: list[tuple[int, int]],
     blocks: str = "first",
-    channels: str = "importance",
+    channels: str = "even",
 ) -> str | None:
     """Overwrite ``student``'s weights in place with slices of ``teacher``'s.
 
