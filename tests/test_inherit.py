@@ -401,10 +401,15 @@ def test_bad_kd_init_value() -> None:
 def test_trainer_starts_a_yaml_student_from_the_teacher_only(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
     teacher, _ = load_checkpoint(teacher_pt)
     conv0 = teacher.state_dict()["model.0.conv.weight"]
-    want = conv0[top_channels(teacher.state_dict()["model.0.bn.weight"].abs().float(), conv0.shape[0] // 2)]
+    want = conv0[evenly_spaced(conv0.shape[0], conv0.shape[0] // 2)]  # the default, kd_init_channels=even
+    important = conv0[top_channels(teacher.state_dict()["model.0.bn.weight"].abs().float(), conv0.shape[0] // 2)]
+    assert not torch.equal(want, important)
 
     trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "init")
     assert torch.equal(trainer.get_model(cfg="yolov8n.yaml").state_dict()["model.0.conv.weight"], want)
+
+    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "importance", kd_init_channels="importance")
+    assert torch.equal(trainer.get_model(cfg="yolov8n.yaml").state_dict()["model.0.conv.weight"], important)
 
     trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "noinit", kd_init="random")
     assert not torch.equal(trainer.get_model(cfg="yolov8n.yaml").state_dict()["model.0.conv.weight"], want)

@@ -14,9 +14,9 @@ blocks differ in kind (yolo11m's C3k blocks where yolo11n has plain bottlenecks)
 
 Which channels a narrower student keeps is ``channels``: the paper's evenly spaced ones (``"even"``, the default)
 or the teacher's most important ones (``"importance"``, see channels.py; the YOLOv8, YOLO11 and YOLO26 layer kinds,
-else evenly spaced). Importance won from two teachers trained from scratch (+10 points for a 20-epoch yolov8n from
-a yolov8m) and lost from every source-pretrained, fine-tuned one measured (4 to 11 points at 100 epochs), the
-teachers users have; a random consistent subset did as well as even spacing there (docs/BENCHMARKS.md).
+else evenly spaced). Importance won from every teacher trained from scratch measured (four; +10 points for a
+20-epoch yolov8n from a yolov8m) and lost from every source-pretrained, fine-tuned one (three; 4 to 11 points at 100
+epochs), the kind users have; a random consistent subset did as well as even spacing there (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
