@@ -3,11 +3,11 @@
 For each teacher checkpoint and each ``kd_init_channels`` choice, build the student from its YAML, inherit the
 teacher's weights (``inherit.inherit_weights``) and run both on validation images. Reported per choice:
 
-- ``layer r``: for every student layer, the mean Pearson correlation over channels between the student's output
-  channel ``k`` and the teacher channel it stands for (``Selection.outputs``), with the student's normalisation layers
-  using the batch's statistics (as training does from the first step); the backbone's and the neck's layers apart.
-- ``cls r`` / ``box r``: the same correlation for the head's class logits and box-distribution logits (all levels).
-- ``kept |gamma|``: the share of the teacher's summed normalisation scales that the kept channels hold, per layer.
+- ``backbone r`` / ``neck r`` (and their ``min`` over layers): for each student layer, the mean Pearson correlation
+  over channels between the student's output channel ``k`` and the teacher channel it stands for
+  (``Selection.outputs``), with the student's normalisation layers using the batch's statistics (as training does
+  from the first step), averaged over the backbone's and the neck's layers apart.
+- ``box r`` / ``cls r``: the same correlation for the head's box-distribution and class logits (all levels).
 
 No training: a second per teacher. It tells whether a choice keeps the teacher's function through the network,
 which the 100-epoch runs in docs/BENCHMARKS.md measure only at the end.

@@ -171,8 +171,8 @@ class KDDetectionTrainer(DetectionTrainer):
         """
         with compat.amp_check_offline():
             super()._setup_train()
-        kd = self.teacher, self.distiller, self.kd_cfg, self._class_map, self.unlabeled_files
-        attach_kd_loss(unwrap_model(self.model), *kd)
+        model = unwrap_model(self.model)
+        attach_kd_loss(model, self.teacher, self.distiller, self.kd_cfg, self._class_map, self.unlabeled_files)
         if self.kd_cfg.kd_lead > 0:  # the teacher's score on the student's validation set, once (see lead.py)
             names = dict(enumerate(name_list(self.data["names"])))
             args = (self.teacher, self.get_validator(), self.data, self.class_pairs, names, self.kd_cfg.kd_lead)
