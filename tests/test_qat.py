@@ -65,7 +65,7 @@ def qat_run(data_yaml: str, teacher_pt: str, tmp_path_factory: pytest.TempPathFa
         return forward(self, images)
 
     def on_train_start(trainer: KDDetectionTrainer) -> None:
-        student, teacher = trainer.model, trainer.teacher.model
+        student, teacher = trainer.model, trainer.kd.teacher.model
         seen["calls_before_training"] = seen["teacher_calls"]  # calibration ran no teacher pass
         seen["student_qat"], seen["teacher_qat"] = _is_qat(student), _is_qat(teacher)
         seen["teacher_dtypes"] = {p.dtype for p in teacher.parameters()}
@@ -102,7 +102,7 @@ def qat_run(data_yaml: str, teacher_pt: str, tmp_path_factory: pytest.TempPathFa
     def on_pretrain_routine_end(trainer: KDDetectionTrainer) -> None:
         seen["resumed_qat"] = _is_qat(trainer.model)
         seen["resumed_ranges"] = _quantizer_ranges(trainer.model)
-        seen["resumed_teacher"] = trainer.teacher is not None and not _is_qat(trainer.teacher.model)
+        seen["resumed_teacher"] = trainer.kd is not None and not _is_qat(trainer.kd.teacher.model)
 
     from ultralytics import YOLO
 
@@ -256,7 +256,7 @@ def test_qat_starts_from_a_distilled_fp32_student(
     def on_train_start(trainer: KDDetectionTrainer) -> None:
         seen["init"], seen["qat"] = trainer.student_init, _is_qat(trainer.model)
         seen["from_distilled"] = _weight_ranges_match_weights(trainer.model, distilled)
-        seen["teacher"] = trainer.teacher is not None and not _is_qat(trainer.teacher.model)
+        seen["teacher"] = trainer.kd is not None and not _is_qat(trainer.kd.teacher.model)
 
     trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "qat2", model=str(student), quantize=8, val=False)
     trainer.add_callback("on_train_start", on_train_start)

@@ -93,43 +93,43 @@ def test_teacher_frozen_connectors_trained_hooks_gone(data_yaml: str, teacher_pt
     seen: dict = {}
 
     def on_train_start(trainer: KDDetectionTrainer) -> None:
-        seen["teacher"] = {k: v.clone() for k, v in trainer.teacher.model.state_dict().items()}
-        seen["connectors"] = {k: v.clone() for k, v in trainer.distiller.state_dict().items()}
-        seen["tap"] = trainer.teacher.tap
+        seen["teacher"] = {k: v.clone() for k, v in trainer.kd.teacher.model.state_dict().items()}
+        seen["connectors"] = {k: v.clone() for k, v in trainer.kd.distiller.state_dict().items()}
+        seen["tap"] = trainer.kd.teacher.tap
         opt_ids = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
-        seen["kd_in_opt"] = all(id(p) in opt_ids for p in trainer.distiller.parameters())
+        seen["kd_in_opt"] = all(id(p) in opt_ids for p in trainer.kd.distiller.parameters())
         # the EMA copy (what validation runs and checkpoints hold) never gets the KD criterion
         seen["kd_in_ema"] = isinstance(getattr(trainer.ema.ema, "criterion", None), KDLoss)
-        seen["teacher_in_opt"] = any(id(p) in opt_ids for p in trainer.teacher.parameters())
+        seen["teacher_in_opt"] = any(id(p) in opt_ids for p in trainer.kd.teacher.parameters())
         seen["teacher_in_student"] = any("teacher" in k for k in trainer.model.state_dict())
 
     def on_train_batch_start(trainer: KDDetectionTrainer) -> None:
         if "calls" not in seen:  # count teacher passes: exactly one per training step
-            seen["calls"], forward = [0], trainer.teacher.forward
+            seen["calls"], forward = [0], trainer.kd.teacher.forward
 
             def counted(images: torch.Tensor) -> dict:
                 seen["calls"][0] += 1
                 return forward(images)
 
-            trainer.teacher.forward = counted
+            trainer.kd.teacher.forward = counted
         seen["steps"] = seen.get("steps", 0) + 1
 
     def on_train_batch_end(trainer: KDDetectionTrainer) -> None:
         # nothing of the teacher's pass outlives the step: the tap is empty and the criterion holds no activation
         criterion = trainer.model.criterion
-        seen["kept"] = seen.get("kept", False) or trainer.teacher.tap.feats is not None
+        seen["kept"] = seen.get("kept", False) or trainer.kd.teacher.tap.feats is not None
         seen["kept"] |= bool(_held_tensors(criterion))  # the pass run before the forward was consumed too
-        seen["teacher_training"] = seen.get("teacher_training", False) or trainer.teacher.model.training
+        seen["teacher_training"] = seen.get("teacher_training", False) or trainer.kd.teacher.model.training
         seen["teacher_grad"] = seen.get("teacher_grad", False) or any(
-            p.grad is not None for p in trainer.teacher.parameters()
+            p.grad is not None for p in trainer.kd.teacher.parameters()
         )
 
     trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "frozen", kd="full", val=False)
     trainer.add_callback("on_train_start", on_train_start)
 
     def on_train_end(trainer: KDDetectionTrainer) -> None:
-        seen["teacher_after"] = trainer.teacher.model
-        seen["connectors_after"] = {k: v.clone() for k, v in trainer.distiller.state_dict().items()}
+        seen["teacher_after"] = trainer.kd.teacher.model
+        seen["connectors_after"] = {k: v.clone() for k, v in trainer.kd.distiller.state_dict().items()}
 
     trainer.add_callback("on_train_end", on_train_end)
     trainer.add_callback("on_train_batch_start", on_train_batch_start)
@@ -150,7 +150,7 @@ def test_teacher_frozen_connectors_trained_hooks_gone(data_yaml: str, teacher_pt
     with pytest.raises(RuntimeError, match="captured nothing"):
         seen["tap"].pop()
     assert getattr(trainer.model, "criterion", None) is None
-    assert trainer.teacher is None and trainer.distiller is None, "the trainer still holds the teacher"
+    assert trainer.kd is None, "the trainer still holds the teacher"
 
 
 @pytest.mark.slow
@@ -178,7 +178,7 @@ def test_resume_continues_with_teacher_and_connectors(data_yaml: str, teacher_pt
     loaded: dict = {}
 
     def on_pretrain_routine_end(trainer: KDDetectionTrainer) -> None:
-        loaded["state"] = {k: v.detach().cpu().clone() for k, v in trainer.distiller.state_dict().items()}
+        loaded["state"] = {k: v.detach().cpu().clone() for k, v in trainer.kd.distiller.state_dict().items()}
         loaded["cfg"] = trainer.kd_cfg
 
     from ultralytics import YOLO

@@ -9,7 +9,7 @@ Ultralytics model, and ``train_args`` stay pure Ultralytics keys.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from .config import KDConfig, KDConfigError
+from . import compat
+from .config import KDConfig, KDConfigError, kd_keys
 from .files import atomic_path, write_text_atomic
 
 KD_RECORD = "kd"  # checkpoint key holding yolo-kd's plain-data record
@@ -267,6 +268,31 @@ def complete_checkpoints(
     if targets.get("epoch") is not None:  # before last.pt: a kill between the two then trains (and copies) it again
         atomic_save(ckpt, targets["epoch"])
     atomic_save(ckpt, targets["last"])
+
+
+def save_whole(trainer: Any, save: Callable[[], bool], record: Callable[[], dict[str, Any]], main: bool) -> bool:
+    """Run Ultralytics' ``save_model`` into scratch files, then complete them and move them into place.
+
+    Ultralytics writes its checkpoints in place; here ``last.pt`` and ``best.pt`` are always whole checkpoints of some
+    finished epoch, with the KD record and without the KD keys in their ``train_args``.
+
+    Args:
+        trainer: The trainer (its ``last``, ``best``, ``wdir``, ``epoch`` and ``save_period`` are read).
+        save: Ultralytics' ``save_model`` of that trainer.
+        record: Builds the KD record (``kd_record``); called only when a rank that writes files has saved.
+        main: Whether this rank writes files (rank 0, or the only process).
+
+    Returns:
+        Whether Ultralytics saved.
+    """
+    with scratch_paths(trainer.last, trainer.best) as (scratch_last, scratch_best):
+        with compat.checkpoints_written_to(trainer, scratch_last, scratch_best):
+            saved = save()
+        if saved and main:
+            epoch_copy = periodic_copy(trainer.wdir, trainer.epoch, trainer.save_period)
+            targets = {"last": trainer.last, "best": trainer.best, "epoch": epoch_copy}
+            complete_checkpoints(scratch_last, scratch_best, targets, record(), kd_keys())
+    return saved
 
 
 def drop_connector_state(path: Path) -> None:

@@ -136,6 +136,18 @@ def torchrun_world_size(world_size: int) -> int:
     return world_size
 
 
+def in_process_group(world_size: int) -> bool:
+    """Whether this rank trains in a process group (DDP), where rank-local KD state must be shared.
+
+    Args:
+        world_size: The trainer's world size.
+
+    Returns:
+        True under DDP once the group is initialised.
+    """
+    return world_size > 1 and torch.distributed.is_initialized()
+
+
 def average_gradients(params: Iterable[torch.nn.Parameter], world_size: int) -> None:
     """All-reduce the gradients of ``params`` to their mean over ranks, in one flat collective.
 

@@ -391,14 +391,7 @@ class KDLoss:
         return {**batch, "batch_idx": batch_idx[order], "cls": torch.cat(cls)[order], "bboxes": torch.cat(boxes)[order]}
 
 
-def attach_kd_loss(
-    student: nn.Module,
-    teacher: FrozenTeacher,
-    distiller: Distiller | None,
-    cfg: KDConfig,
-    class_map: list[tuple[int, int]] | None = None,
-    unlabeled_files: set[str] | None = None,
-) -> KDLoss:
+def attach_kd_loss(student: nn.Module, kd: KDParts, cfg: KDConfig, unlabeled_files: set[str] | None = None) -> KDLoss:
     """Wrap the student's detection criterion in ``KDLoss`` and make it the student's criterion.
 
     The trainer calls this after Ultralytics has made its EMA copy of the student, so that copy, the validation model
@@ -406,10 +399,8 @@ def attach_kd_loss(
 
     Args:
         student: The training student (unwrapped from DDP).
-        teacher: The frozen teacher.
-        distiller: The connectors and KD losses.
+        kd: The run's teacher, distiller and class map (``build_kd``).
         cfg: The KD settings.
-        class_map: (student class, teacher class) pairs, or None when the classes coincide (``KDParts.class_map``).
         unlabeled_files: The unlabeled images mixed into training.
 
     Returns:
@@ -417,7 +408,7 @@ def attach_kd_loss(
     """
     base = getattr(student, "criterion", None) or student.init_criterion()
     reg_max = student.model[-1].reg_max
-    student.criterion = KDLoss(base, teacher, distiller, cfg, reg_max, class_map, unlabeled_files)
+    student.criterion = KDLoss(base, kd.teacher, kd.distiller, cfg, reg_max, kd.class_map, unlabeled_files)
     return student.criterion
 
 

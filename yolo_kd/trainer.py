@@ -1,7 +1,8 @@
 """``KDDetectionTrainer``: Ultralytics' DetectionTrainer with a frozen teacher and distillation terms.
 
 The trainer only adapts: each override below hands off to a plain function or small class elsewhere
-(docs/ARCHITECTURE.md walks through one training step).
+(docs/ARCHITECTURE.md walks through one training step). Overrides keep Ultralytics' signatures, whose arguments
+``DetectionTrainer`` documents; their docstrings say only what yolo-kd adds.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from ultralytics.utils.torch_utils import unwrap_model
 from . import checkpoint, compat, report
 from .classes import name_list
 from .config import kd_keys
-from .criterion import attach_kd_loss, build_kd, kd_loss_of
-from .distiller import Distiller, add_connector_group, clip_connector_gradients
+from .criterion import KDParts, attach_kd_loss, build_kd, kd_loss_of
+from .distiller import add_connector_group, clip_connector_gradients
 from .inherit import init_student
 from .lead import LeadGate, measure_lead
 from .mixing import sample_mixing, unlabeled_training_list
 from .settings import record_in_args, settle
-from .teacher import FrozenTeacher
 
 __all__ = ["KDDetectionTrainer"]
 
@@ -43,9 +43,9 @@ class KDDetectionTrainer(DetectionTrainer):
         kd_cfg (KDConfig): The run's KD settings (from the arguments, or from the checkpoint on resume).
         teacher_path (str): The teacher checkpoint's absolute path.
         teacher_sha256 (str): Its hash, recorded so a resume can tell the file has changed.
-        teacher (FrozenTeacher | None): The frozen teacher, from ``setup_model`` until training ends.
-        distiller (Distiller | None): Connectors and KD losses, from ``setup_model`` until training ends.
-        class_pairs (list[tuple[int, int]]): (student class, teacher class) pairs.
+        kd (KDParts | None): The frozen teacher, the distiller (connectors and KD losses) and the class map, from
+            ``setup_model`` until training ends.
+        class_pairs (list[tuple[int, int]]): (student class, teacher class) pairs, kept after training.
         unlabeled_files (set[str]): The unlabeled images mixed into the training set (``unlabeled=``).
         student_init (str): How the student started, in words (set by ``get_model``).
 
@@ -55,22 +55,15 @@ class KDDetectionTrainer(DetectionTrainer):
     """
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: Any = None) -> None:
-        """Settle the KD settings (from the checkpoint on resume, else from the arguments), then Ultralytics' init.
-
-        Args:
-            cfg: Ultralytics' default configuration.
-            overrides: Ultralytics' overrides plus the KD keys.
-            _callbacks: Ultralytics' callbacks.
-        """
+        """Settle the KD settings (from the checkpoint on resume, else from the KD keys of ``overrides``), then
+        Ultralytics' init."""
         overrides = dict(overrides or {})
         settings = settle(overrides)  # takes the KD keys out of overrides
         self.kd_cfg, self.teacher_path = settings.cfg, settings.teacher_path
         self.teacher_sha256, self._resume_state = settings.teacher_sha256, settings.state
         self._teacher_model = settings.teacher_model
-        self.teacher: FrozenTeacher | None = None
-        self.distiller: Distiller | None = None
+        self.kd: KDParts | None = None
         self.class_pairs: list[tuple[int, int]] = []
-        self._class_map: list[tuple[int, int]] | None = None
         self.unlabeled_files: set[str] = set()
         self.student_init = "an unknown init"  # set by get_model (under DDP it runs in the workers only)
         self._lead = LeadGate(None, self.kd_cfg.kd_lead)  # measured in _setup_train when kd_lead is on
@@ -86,25 +79,12 @@ class KDDetectionTrainer(DetectionTrainer):
         record_in_args(self.args, settings, self.save_dir, write=RANK in {-1, 0})
 
     def get_validator(self) -> DetectionValidator:
-        """Ultralytics' validator; it re-parses args with get_cfg, which must not see the KD keys.
-
-        Returns:
-            The validator.
-        """
+        """Ultralytics' validator; it re-parses args with get_cfg, which must not see the KD keys."""
         with compat.args_without(self.args, kd_keys()):
             return super().get_validator()
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> DetectionModel:
-        """Ultralytics' student; one built without weights starts from the teacher's (``kd_init``, see inherit.py).
-
-        Args:
-            cfg: The student's model config.
-            weights: Weights to load, or None.
-            verbose: Print the model summary.
-
-        Returns:
-            The student.
-        """
+        """Ultralytics' student; one built without weights starts from the teacher's (``kd_init``, see inherit.py)."""
         model = super().get_model(cfg, weights, verbose)
         if weights is not None:
             self.student_init = "its own weights"
@@ -113,14 +93,10 @@ class KDDetectionTrainer(DetectionTrainer):
         return model
 
     def setup_model(self) -> dict[str, Any] | None:
-        """Build the student as Ultralytics does, then the frozen teacher and the distiller beside it.
-
-        Returns:
-            Ultralytics' checkpoint of the student, if it loaded one.
-        """
+        """Build the student as Ultralytics does, then the frozen teacher and the distiller beside it."""
         ckpt = super().setup_model()
-        if self.teacher is None:
-            kd = build_kd(
+        if self.kd is None:
+            self.kd = build_kd(
                 unwrap_model(self.model),
                 self._teacher_model,
                 name_list(self.data["names"]),
@@ -129,11 +105,10 @@ class KDDetectionTrainer(DetectionTrainer):
                 self.teacher_path,
                 # under QAT the teacher is the fp32 reference the quantized student learns to match
                 teacher_amp=self.kd_cfg.kd_teacher_amp and self.args.quantize != 8,
-                distributed=self._distributed,
+                distributed=compat.in_process_group(self.world_size),
                 resume_state=self._resume_state,
             )
-            self.teacher, self.distiller = kd.teacher, kd.distiller
-            self.class_pairs, self._class_map = kd.class_pairs, kd.class_map
+            self.class_pairs = self.kd.class_pairs
             self._teacher_model = None  # FrozenTeacher fused it in place: no unfused teacher is left to select from
         return ckpt
 
@@ -146,21 +121,9 @@ class KDDetectionTrainer(DetectionTrainer):
         decay: float = 1e-5,
         iterations: float = 1e5,
     ) -> torch.optim.Optimizer:
-        """Ultralytics' optimizer plus one group for the connectors (no weight decay), scheduled like the rest.
-
-        Args:
-            model: The student.
-            name: Ultralytics' optimizer name.
-            lr: Its learning rate.
-            momentum: Its momentum.
-            decay: Its weight decay.
-            iterations: Training iterations (for 'auto').
-
-        Returns:
-            The optimizer.
-        """
+        """Ultralytics' optimizer plus one group for the connectors (no weight decay), scheduled like the rest."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        add_connector_group(optimizer, self.distiller, self.args.lr0)
+        add_connector_group(optimizer, self.kd.distiller if self.kd else None, self.args.lr0)
         return optimizer
 
     def _setup_train(self) -> None:
@@ -171,22 +134,14 @@ class KDDetectionTrainer(DetectionTrainer):
         """
         with compat.amp_check_offline():
             super()._setup_train()
-        model = unwrap_model(self.model)
-        attach_kd_loss(model, self.teacher, self.distiller, self.kd_cfg, self._class_map, self.unlabeled_files)
+        attach_kd_loss(unwrap_model(self.model), self.kd, self.kd_cfg, self.unlabeled_files)
         if self.kd_cfg.kd_lead > 0:  # the teacher's score on the student's validation set, once (see lead.py)
             names = dict(enumerate(name_list(self.data["names"])))
-            args = (self.teacher, self.get_validator(), self.data, self.class_pairs, names, self.kd_cfg.kd_lead)
+            args = (self.kd.teacher, self.get_validator(), self.data, self.class_pairs, names, self.kd_cfg.kd_lead)
             self._lead = measure_lead(*args, validates=bool(self.args.val))
 
     def preprocess_batch(self, batch: dict) -> dict:
-        """Ultralytics' preprocessing, then the teacher's pass on the final images (see ``KDLoss.prefetch``).
-
-        Args:
-            batch: The dataloader's batch.
-
-        Returns:
-            The preprocessed batch.
-        """
+        """Ultralytics' preprocessing, then the teacher's pass on the final images (see ``KDLoss.prefetch``)."""
         batch = super().preprocess_batch(batch)
         criterion = kd_loss_of(unwrap_model(self.model))
         if criterion is not None:
@@ -194,16 +149,7 @@ class KDDetectionTrainer(DetectionTrainer):
         return batch
 
     def build_dataset(self, img_path: Any, mode: str = "train", batch: int | None = None) -> Dataset:
-        """Ultralytics' dataset; with ``unlabeled=``, training reads a list mixing in the unlabeled images.
-
-        Args:
-            img_path: The split's images (folders or list files).
-            mode: 'train' or 'val'.
-            batch: Batch size (for rectangular batches).
-
-        Returns:
-            The dataset.
-        """
+        """Ultralytics' dataset; with ``unlabeled=``, training reads a list mixing in the unlabeled images."""
         if mode == "train" and self.kd_cfg.unlabeled:
             mixed, self.unlabeled_files = unlabeled_training_list(
                 img_path, self.kd_cfg, self.args, self.epochs, self.save_dir, self.data.get("val")
@@ -212,17 +158,13 @@ class KDDetectionTrainer(DetectionTrainer):
                 return super().build_dataset(str(mixed), mode, batch)
         return super().build_dataset(img_path, mode, batch)
 
-    @property
-    def _distributed(self) -> bool:
-        """Whether this rank runs in a process group (DDP), where rank-local KD state must be shared."""
-        return self.world_size > 1 and torch.distributed.is_initialized()
-
     def _set_kd_epoch(self) -> None:
         """Callback at each epoch's start: the one place the KD criterion learns the epoch and the teacher's lead."""
         criterion = kd_loss_of(unwrap_model(self.model))
         if criterion is not None:
             mixing = bool(sample_mixing(self.args, self.epoch, self.epochs))
-            lead = self._lead.epoch_share(self.epoch, self.best_fitness, self.device, self._distributed)
+            distributed = compat.in_process_group(self.world_size)
+            lead = self._lead.epoch_share(self.epoch, self.best_fitness, self.device, distributed)
             criterion.set_epoch(self.epoch, self.epochs, mixing, lead)
 
     def _report_dropped_kd(self) -> None:
@@ -234,31 +176,25 @@ class KDDetectionTrainer(DetectionTrainer):
     def optimizer_step(self) -> None:
         """Average the connectors' gradients over ranks (they are outside DDP) and clip them as Ultralytics clips the
         student's, then step as Ultralytics does."""
-        if self.distiller is not None and self._distributed:
-            compat.average_gradients(self.distiller.parameters(), self.world_size)
-        clip_connector_gradients(self.distiller, self.scaler)
+        distiller = self.kd.distiller if self.kd else None
+        if distiller is not None and compat.in_process_group(self.world_size):
+            compat.average_gradients(distiller.parameters(), self.world_size)
+        clip_connector_gradients(distiller, self.scaler)
         super().optimizer_step()
 
     def _handle_nan_recovery(self, epoch: int) -> bool:
-        """Ultralytics restores the student and optimizer from last.pt; the connectors come back with them.
-
-        Args:
-            epoch: The current epoch.
-
-        Returns:
-            Whether a recovery happened.
-        """
+        """Ultralytics restores the student and optimizer from last.pt; the connectors come back with them."""
         with compat.criterion_detached(unwrap_model(self.model)):  # its EMA is rebuilt as a deep copy of the student
             recovered = super()._handle_nan_recovery(epoch)
-        if recovered and self.distiller is not None:
-            checkpoint.restore_connectors(self.distiller, self.last)
+        if recovered and self.kd is not None:
+            checkpoint.restore_connectors(self.kd.distiller, self.last)
         return recovered
 
     def _model_train(self) -> None:
         """Ultralytics' train mode for the student, and for the connectors (the teacher stays in eval mode)."""
         super()._model_train()
-        if self.distiller is not None:
-            self.distiller.train()
+        if self.kd is not None:
+            self.kd.distiller.train()
 
     def _do_train(self) -> None:
         """Ultralytics' training loop; afterwards nothing of the teacher is left on the student or the trainer."""
@@ -267,34 +203,19 @@ class KDDetectionTrainer(DetectionTrainer):
         finally:
             if isinstance(self.model, torch.nn.Module):
                 unwrap_model(self.model).criterion = None
-            self.teacher = self.distiller = None  # a YOLO object keeps its trainer: release the teacher's memory
+            self.kd = None  # a YOLO object keeps its trainer: release the teacher's memory
 
     def save_model(self) -> bool:
-        """Save as Ultralytics does, then complete the checkpoints with the KD record and move them into place.
+        """Save as Ultralytics does, to scratch files that get the KD record and then move into place whole."""
+        return checkpoint.save_whole(self, super().save_model, self._kd_record, main=RANK in {-1, 0})
 
-        Ultralytics writes to scratch files, each moved into place atomically once complete, so ``last.pt`` and
-        ``best.pt`` are always whole checkpoints of some finished epoch.
-
-        Returns:
-            Whether Ultralytics saved.
-        """
-        with checkpoint.scratch_paths(self.last, self.best) as (scratch_last, scratch_best):
-            with compat.checkpoints_written_to(self, scratch_last, scratch_best):
-                saved = super().save_model()
-            if saved and RANK in {-1, 0}:
-                state = checkpoint.connector_state(self.distiller) if self.distiller is not None else None
-                record = checkpoint.kd_record(self.kd_cfg, self.teacher_path, self.teacher_sha256, state)
-                epoch_copy = checkpoint.periodic_copy(self.wdir, self.epoch, self.save_period)
-                targets = {"last": self.last, "best": self.best, "epoch": epoch_copy}
-                checkpoint.complete_checkpoints(scratch_last, scratch_best, targets, record, kd_keys())
-        return saved
+    def _kd_record(self) -> dict[str, Any]:
+        """The KD record each checkpoint carries; an unfinished run's holds the connectors' state for resume."""
+        state = checkpoint.connector_state(self.kd.distiller) if self.kd is not None else None
+        return checkpoint.kd_record(self.kd_cfg, self.teacher_path, self.teacher_sha256, state)
 
     def resume_training(self, ckpt: dict[str, Any] | None) -> None:
-        """Resume as Ultralytics does, and drop ``results.csv`` rows of epochs the checkpoint does not hold.
-
-        Args:
-            ckpt: The checkpoint resumed from, or None.
-        """
+        """Resume as Ultralytics does, and drop ``results.csv`` rows of epochs the checkpoint does not hold."""
         super().resume_training(ckpt)
         if ckpt is not None and self.resume and RANK in {-1, 0} and self.csv.is_file():
             dropped = checkpoint.trim_results_csv(self.csv, self.start_epoch)
