@@ -238,3 +238,17 @@ def test_runs_with_teachers_side_by_side_get_a_folder_each() -> None:
 
     assert bench.teacher_folder("runs/x/teacher_a/weights/best.pt") == "with_teacher_a"
     assert bench.teacher_folder("runs/snap/t33.pt") != bench.teacher_folder("runs/snap/t61.pt")
+
+
+def test_gamma_probe_ranks_and_top_thirds_by_hand() -> None:
+    """scripts/probe_gamma_ranking.py's two measures on hand-made vectors: Spearman and the largest third."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import torch
+    from probe_gamma_ranking import spearman, top_third
+
+    a = torch.tensor([1.00, 1.03, 0.98, 1.01, 0.99, 1.02])
+    assert spearman(a, a * 2) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    # ranks 2,5,0,3,1,4 against 0..5: 1 - 6 * sum(d^2) / (n (n^2 - 1)) with d = 2,4,-2,0,-3,-1 -> 1 - 6 * 34 / 210
+    assert spearman(a, torch.arange(6.0)) == pytest.approx(1 - 6 * 34 / 210)
+    assert top_third(a) == {1, 5}
