@@ -1,4 +1,4 @@
-"""Checkpoint files: the one loader, the KD record (read, write, strip), resume's lookup, atomic writes, results.csv.
+"""Checkpoint files: the one loader, the KD record (read, write, strip), resume's lookup, atomic saves, results.csv.
 
 yolo-kd's checkpoints are Ultralytics' own, plus one plain-data entry ``ckpt["kd"]`` (the record) that resume reads:
 the KD config, the teacher's path and hash, an open-vocabulary teacher's prompts and vocabulary hash (never its
@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from . import compat
 from .config import KDConfig, KDConfigError, kd_keys
 from .files import atomic_path, write_text_atomic
 
@@ -285,6 +284,8 @@ def save_whole(trainer: Any, save: Callable[[], bool], record: Callable[[], dict
     Returns:
         Whether Ultralytics saved.
     """
+    from . import compat  # imported here like this module's Ultralytics imports: importing checkpoint loads none
+
     with scratch_paths(trainer.last, trainer.best) as (scratch_last, scratch_best):
         with compat.checkpoints_written_to(trainer, scratch_last, scratch_best):
             saved = save()

@@ -55,8 +55,7 @@ class KDDetectionTrainer(DetectionTrainer):
     """
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: Any = None) -> None:
-        """Settle the KD settings (from the checkpoint on resume, else from the KD keys of ``overrides``), then
-        Ultralytics' init."""
+        """Settle the KD settings (from a resumed checkpoint or from the KD keys given), then Ultralytics' init."""
         overrides = dict(overrides or {})
         settings = settle(overrides)  # takes the KD keys out of overrides
         self.kd_cfg, self.teacher_path = settings.cfg, settings.teacher_path
@@ -123,7 +122,7 @@ class KDDetectionTrainer(DetectionTrainer):
     ) -> torch.optim.Optimizer:
         """Ultralytics' optimizer plus one group for the connectors (no weight decay), scheduled like the rest."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        add_connector_group(optimizer, self.kd.distiller if self.kd else None, self.args.lr0)
+        add_connector_group(optimizer, self.kd.distiller if self.kd is not None else None, self.args.lr0)
         return optimizer
 
     def _setup_train(self) -> None:
@@ -176,7 +175,7 @@ class KDDetectionTrainer(DetectionTrainer):
     def optimizer_step(self) -> None:
         """Average the connectors' gradients over ranks (they are outside DDP) and clip them as Ultralytics clips the
         student's, then step as Ultralytics does."""
-        distiller = self.kd.distiller if self.kd else None
+        distiller = self.kd.distiller if self.kd is not None else None
         if distiller is not None and compat.in_process_group(self.world_size):
             compat.average_gradients(distiller.parameters(), self.world_size)
         clip_connector_gradients(distiller, self.scaler)
