@@ -16,6 +16,7 @@ from yolo_kd.config import INIT_CHANNELS, KDConfigError, load_kd_config
 from yolo_kd.inherit import (
     CHANNEL_CHOICES,
     Selection,
+    channel_choice,
     chosen_blocks,
     class_output_keys,
     evenly_spaced,
@@ -24,6 +25,8 @@ from yolo_kd.inherit import (
     selection,
     selection_plan,
 )
+
+SELECTED = ("importance", "even")  # the two selections; kd_init_channels=auto picks one of them
 
 
 def _model(cfg: str | dict, nc: int = 3, seed: int = 0) -> DetectionModel:
@@ -78,7 +81,36 @@ def test_top_channels_by_hand() -> None:
 
 
 def test_channel_choices_agree_with_the_config() -> None:
-    assert INIT_CHANNELS == CHANNEL_CHOICES and load_kd_config().kd_init_channels == "even"
+    assert INIT_CHANNELS == CHANNEL_CHOICES and load_kd_config().kd_init_channels == "auto"
+
+
+@pytest.mark.parametrize(
+    ("train_args", "choice"),
+    [
+        ({"model": "yolov8m.yaml", "pretrained": True}, "importance"),  # YOLO("yolov8m.yaml").train(...)
+        ({"model": "cfg/my_v8m.yml", "pretrained": False}, "importance"),
+        ({"model": "yolov8m.pt", "pretrained": True}, "even"),  # fine-tuned from COCO weights, the users' kind
+        ({"model": "yolov8m.yaml", "pretrained": "weights/source.pt"}, "even"),  # YOLO(yaml).load(pt) / pretrained=
+        ({"model": "runs/t/weights/last.pt", "resume": "runs/t/weights/last.pt"}, "even"),  # resumed: start unknown
+        ({}, "even"),  # no train_args
+    ],
+)
+def test_auto_channels_follow_how_the_teacher_was_trained(train_args: dict, choice: str) -> None:
+    """``kd_init_channels=auto`` reads the teacher's recorded training start, and an explicit choice is kept."""
+    teacher = _model("yolov8s.yaml", seed=1)
+    teacher.args = train_args
+    assert channel_choice("auto", teacher)[0] == choice
+    assert channel_choice("even", teacher)[0] == "even" and channel_choice("importance", teacher)[0] == "importance"
+
+
+def test_auto_channels_select_what_the_resolved_choice_selects() -> None:
+    """The selection made with ``auto`` is the one made with the choice it resolves to."""
+    student, teacher = _model("yolov8n.yaml"), _trained_looking(_model("yolov8s.yaml", seed=1))
+    for train_args, choice in (({"model": "yolov8s.yaml"}, "importance"), ({"model": "yolov8s.pt"}, "even")):
+        teacher.args = train_args
+        auto, chosen = selection(student, teacher, channels="auto"), selection(student, teacher, channels=choice)
+        assert all(torch.equal(auto.index[k][d], chosen.index[k][d]) for k in chosen.index for d in chosen.index[k])
+        assert auto.index.keys() == chosen.index.keys()
 
 
 def test_importance_keeps_the_teachers_largest_scales_by_hand() -> None:
@@ -183,7 +215,7 @@ SAME_DEPTH_PAIRS = [
 ]
 
 
-@pytest.mark.parametrize("channels", CHANNEL_CHOICES)
+@pytest.mark.parametrize("channels", SELECTED)
 @pytest.mark.parametrize(("student_cfg", "teacher_cfg"), SAME_DEPTH_PAIRS)
 def test_selection_is_consistent_through_every_layer(student_cfg: str, teacher_cfg: str, channels: str) -> None:
     """With the teacher's unselected input channels zeroed, the student must compute the teacher's selected channels.
@@ -300,7 +332,7 @@ def _identity_block(block: torch.nn.Module) -> None:
         bn.weight.data.zero_(), bn.bias.data.zero_(), bn.running_mean.zero_()
 
 
-@pytest.mark.parametrize("channels", CHANNEL_CHOICES)
+@pytest.mark.parametrize("channels", SELECTED)
 @pytest.mark.parametrize("blocks", ["first", "even"])
 @pytest.mark.parametrize(("student_cfg", "teacher_cfg"), DEEPER_PAIRS)
 def test_deeper_teacher_selection_is_consistent_through_every_layer(
@@ -401,14 +433,15 @@ def test_bad_kd_init_value() -> None:
 def test_trainer_starts_a_yaml_student_from_the_teacher_only(data_yaml: str, teacher_pt: str, tmp_path: Path) -> None:
     teacher, _ = load_checkpoint(teacher_pt)
     conv0 = teacher.state_dict()["model.0.conv.weight"]
-    want = conv0[evenly_spaced(conv0.shape[0], conv0.shape[0] // 2)]  # the default, kd_init_channels=even
+    want = conv0[evenly_spaced(conv0.shape[0], conv0.shape[0] // 2)]
     important = conv0[top_channels(teacher.state_dict()["model.0.bn.weight"].abs().float(), conv0.shape[0] // 2)]
     assert not torch.equal(want, important)
 
-    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "init")
+    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "even", kd_init_channels="even")
     assert torch.equal(trainer.get_model(cfg="yolov8n.yaml").state_dict()["model.0.conv.weight"], want)
 
-    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "importance", kd_init_channels="importance")
+    # the default, kd_init_channels=auto: this teacher was trained from yolov8s.yaml, so its most important channels
+    trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "init")
     assert torch.equal(trainer.get_model(cfg="yolov8n.yaml").state_dict()["model.0.conv.weight"], important)
 
     trainer = tiny_trainer(data_yaml, teacher_pt, tmp_path, "noinit", kd_init="random")

@@ -21,7 +21,7 @@ __all__ = ["KDConfig", "KDConfigError", "load_kd_config", "load_recorded_config"
 PRESET_DIR = Path(__file__).resolve().parent / "presets"  # inside the package: a wheel install has them too
 INIT_NAMES = ("teacher", "random")
 INIT_BLOCKS = ("first", "even")  # kept equal to yolo_kd.inherit.BLOCK_CHOICES (inherit imports Ultralytics; config not)
-INIT_CHANNELS = ("importance", "even")  # kept equal to yolo_kd.inherit.CHANNEL_CHOICES
+INIT_CHANNELS = ("auto", "importance", "even")  # kept equal to yolo_kd.inherit.CHANNEL_CHOICES
 RUN_KEYS = ("teacher", "kd")  # KD keys of a training run besides the KDConfig fields
 TEMPERATURE_RANGE = (1e-3, 1e3)  # beyond it a softmax/sigmoid saturates to one-hot or flat: no useful soft target
 MAX_UNLABELED_RATIO = 0.95  # the mixed list holds ratio / (1 - ratio) unlabeled slots per labeled image
@@ -85,13 +85,14 @@ class KDConfig:
     kd_init_blocks: str = "first"
     """With kd_init=teacher and a deeper teacher: which of a layer's repeated teacher blocks the student's fewer blocks
     inherit: 'first' (the first N, the paper's layer selection) or 'even' (evenly spaced, the first always kept)."""
-    kd_init_channels: str = "even"
+    kd_init_channels: str = "auto"
     """With kd_init=teacher and a wider teacher: which of the teacher's channels the student inherits: 'even' (evenly
-    spaced, weight selection's choice) or 'importance' (those with the largest normalisation scale |gamma|, network
-    slimming's measure; the YOLOv8, YOLO11 and YOLO26 layer kinds, else evenly spaced with a warning). 'even' is the
-    default since 2026-12-03: from three source-pretrained, fine-tuned teachers (the users' kind) importance ended
-    4-11 points below it, as did the channels of smallest |gamma|, while a random consistent subset matched it;
-    from teachers trained from scratch importance won (docs/BENCHMARKS.md)."""
+    spaced, weight selection's choice), 'importance' (those with the largest normalisation scale |gamma|, network
+    slimming's measure; the YOLOv8, YOLO11 and YOLO26 layer kinds, else evenly spaced with a warning), or 'auto'
+    (the default since 2026-12-03): 'importance' when the teacher's checkpoint records a training from a model YAML
+    without weights, else 'even'. From four teachers trained from scratch importance won (by 0.7-10 points); from
+    three fine-tuned from pretrained weights (the users' kind) it ended 4-11 points below even spacing, as did the
+    channels of smallest |gamma|, while a random consistent subset matched it (docs/BENCHMARKS.md)."""
     kd_class_map: str | dict | None = None
     """Student class -> teacher class, as a dict or a YAML file of one (names or indices); by default classes are
     matched by name (case, spaces, underscores and hyphens ignored). Student classes without a teacher class get no
@@ -338,8 +339,8 @@ def load_kd_config(kd: str | Path | dict | None = None, **overrides: Any) -> KDC
 # Keys added after checkpoints were first written, each with the value that reproduces a run recorded before it existed
 # (teacher-guided assignment did not exist, so such a run assigned from the student alone; nor did the teacher init,
 # nor kd_final, so its gains were constant: kd_final's default became 0.0 later; the teacher init chose evenly spaced
-# channels before kd_init_channels, as it does by default again since 2026-12-03; the gains ignored the teacher's lead
-# before kd_lead).
+# channels before kd_init_channels, as 'auto' does for fine-tuned teachers since 2026-12-03; the gains ignored the
+# teacher's lead before kd_lead).
 RECORDED_BEFORE: dict[str, Any] = {
     "kd_assign": 0.0,
     "kd_init": "random",

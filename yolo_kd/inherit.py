@@ -12,11 +12,12 @@ block ``first[j] = j`` (``blocks="first"``, the paper's choice) or ``even[j] = f
 (``blocks="even"``), and C2f's output conv keeps the input channels of exactly the inherited blocks. A pair whose
 blocks differ in kind (yolo11m's C3k blocks where yolo11n has plain bottlenecks) has no such mapping and is refused.
 
-Which channels a narrower student keeps is ``channels``: the paper's evenly spaced ones (``"even"``, the default)
-or the teacher's most important ones (``"importance"``, see channels.py; the YOLOv8, YOLO11 and YOLO26 layer kinds,
-else evenly spaced). Importance won from every teacher trained from scratch measured (four; +10 points for a
-20-epoch yolov8n from a yolov8m) and lost from every source-pretrained, fine-tuned one (three; 4 to 11 points at 100
-epochs), the kind users have; a random consistent subset did as well as even spacing there (docs/BENCHMARKS.md).
+Which channels a narrower student keeps is ``channels``: the paper's evenly spaced ones (``"even"``), the teacher's
+most important ones (``"importance"``, see channels.py; the YOLOv8, YOLO11 and YOLO26 layer kinds, else evenly
+spaced), or ``"auto"`` (the default), which picks by how the teacher was trained (``channel_choice``). Importance
+won from every teacher trained from scratch measured (four; +10 points for a 20-epoch yolov8n from a yolov8m) and
+lost from every teacher fine-tuned from pretrained weights (three; 4 to 11 points at 100 epochs), the kind users
+have; a random consistent subset did as well as even spacing there (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .config import KDConfig
 from .hooks import find_detect_head
 
 BLOCK_CHOICES = ("first", "even")
-CHANNEL_CHOICES = ("importance", "even")
+CHANNEL_CHOICES = ("auto", "importance", "even")
 _CONCATENATED = (C2f,)  # every block's output is a chunk of the output conv's input (C2f, C3k2, C2fPSA, C2fCIB)
 _CHAINED = (C3, C2PSA)  # blocks form one chain; only the last one's output leaves the layer
 
@@ -225,6 +226,48 @@ def _teacher_key(key: str, renames: dict[str, str]) -> str:
     return key
 
 
+def teacher_start(teacher: nn.Module) -> str | None:
+    """What the teacher's training started from, as its checkpoint's ``train_args`` record it.
+
+    Args:
+        teacher: A teacher loaded as Ultralytics loads checkpoints (its ``args`` are the ``train_args``).
+
+    Returns:
+        ``"scratch"`` (a model YAML without weights), ``"weights"`` (a ``.pt``, or ``pretrained=`` a file), or None
+        when it is not recorded: no ``train_args``, or a resumed run, whose ``model`` names its own ``last.pt``.
+    """
+    args = getattr(teacher, "args", None)
+    if not isinstance(args, dict) or args.get("resume") or not args.get("model"):
+        return None
+    if isinstance(args.get("pretrained"), str) or not str(args["model"]).endswith((".yaml", ".yml")):
+        return "weights"
+    return "scratch"
+
+
+def channel_choice(channels: str, teacher: nn.Module) -> tuple[str, str]:
+    """Resolve ``channels="auto"``: importance for a teacher trained from scratch, evenly spaced for any other.
+
+    The rule is what the measurements found (docs/BENCHMARKS.md): importance won from all four teachers trained from
+    scratch and lost from all three fine-tuned from pretrained weights; where the start is not recorded, evenly
+    spaced channels, weight selection's rule, are kept.
+
+    Args:
+        channels: ``kd_init_channels`` (``CHANNEL_CHOICES``).
+        teacher: The teacher (``teacher_start`` reads its ``train_args``).
+
+    Returns:
+        ``"importance"`` or ``"even"``, and why, in words for the log.
+    """
+    if channels != "auto":
+        return channels, f"kd_init_channels={channels}"
+    start = teacher_start(teacher)
+    if start == "scratch":
+        return "importance", "auto: the teacher was trained from scratch"
+    if start == "weights":
+        return "even", "auto: the teacher was trained from pretrained weights"
+    return "even", "auto: the teacher's checkpoint does not record how its training started"
+
+
 def selection(student: nn.Module, teacher: nn.Module, blocks: str = "first", channels: str = "even") -> Selection | str:
     """Where every student tensor comes from in the teacher, or why the pair cannot be selected.
 
@@ -233,8 +276,8 @@ def selection(student: nn.Module, teacher: nn.Module, blocks: str = "first", cha
         teacher: The teacher model (unfused), of the same family: as wide or wider, as deep or deeper.
         blocks: How a shallower student's repeated blocks choose among the teacher's (``BLOCK_CHOICES``).
         channels: How a narrower student's channels choose among the teacher's (``CHANNEL_CHOICES``): the teacher's
-            most important (``channels.importance_plan``; even spacing where it does not trace a layer) or evenly
-            spaced.
+            most important (``channels.importance_plan``; even spacing where it does not trace a layer), evenly
+            spaced, or ``"auto"`` (``channel_choice``).
 
     Returns:
         The ``Selection``, or a one-line reason.
@@ -243,6 +286,7 @@ def selection(student: nn.Module, teacher: nn.Module, blocks: str = "first", cha
         raise ValueError(f"blocks={blocks!r}; choose one of {BLOCK_CHOICES}")
     if channels not in CHANNEL_CHOICES:
         raise ValueError(f"channels={channels!r}; choose one of {CHANNEL_CHOICES}")
+    channels = channel_choice(channels, teacher)[0]
     s_sd, t_sd = student.state_dict(), teacher.state_dict()
     s_reg, t_reg = (getattr(find_detect_head(m), "reg_max", None) for m in (student, teacher))
     if s_reg != t_reg:
@@ -314,7 +358,7 @@ def inherit_weights(
         teacher: An unfused teacher of the same family (``reg_max`` too), at least as wide and as deep.
         class_pairs: Student and teacher class indices that match.
         blocks: Which teacher blocks a shallower student inherits: ``"first"`` or ``"even"`` (``chosen_blocks``).
-        channels: Which teacher channels a narrower student inherits: ``"importance"`` or ``"even"``.
+        channels: Which teacher channels a narrower student inherits: ``"importance"``, ``"even"`` or ``"auto"``.
 
     Returns:
         None when the student was initialised, otherwise why not (the student is then untouched).
@@ -364,6 +408,7 @@ def init_student(student: nn.Module, teacher: nn.Module | None, student_names: l
     if cfg.kd_init == "random" or teacher is None:
         return "a random init"
     pairs = class_pairs(student_names, name_list(teacher.names), cfg.kd_class_map)
-    reason = inherit_weights(student, teacher, pairs, blocks=cfg.kd_init_blocks, channels=cfg.kd_init_channels)
-    report.log_init(reason)
+    channels, why = channel_choice(cfg.kd_init_channels, teacher)
+    reason = inherit_weights(student, teacher, pairs, blocks=cfg.kd_init_blocks, channels=channels)
+    report.log_init(reason, f"{channels} channels ({why})")
     return "the teacher's weights" if reason is None else "a random init"

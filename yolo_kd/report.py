@@ -33,16 +33,18 @@ def log_class_map(pairs: list[tuple[int, int]], student: list[str], teacher: lis
         LOGGER.warning(f"{PREFIX} no teacher class for {missing}: no logit KD for them")
 
 
-def log_init(reason: str | None) -> None:
+def log_init(reason: str | None, channels: str = "") -> None:
     """Log whether the student starts from the teacher's weights (``kd_init=teacher``).
 
     Args:
         reason: Why the teacher init was not applied, or None when it was.
+        channels: Which teacher channels it keeps, and why, in words.
     """
     if not _main_process():
         return
     if reason is None:
-        LOGGER.info(f"{PREFIX} kd_init=teacher: student starts from the teacher's weights")
+        detail = f": {channels}" if channels else ""
+        LOGGER.info(f"{PREFIX} kd_init=teacher: student starts from the teacher's weights{detail}")
     else:
         LOGGER.warning(f"{PREFIX} kd_init=teacher not applied, random init: {reason}")
 
