@@ -410,5 +410,6 @@ def init_student(student: nn.Module, teacher: nn.Module | None, student_names: l
     pairs = class_pairs(student_names, name_list(teacher.names), cfg.kd_class_map)
     channels, why = channel_choice(cfg.kd_init_channels, teacher)
     reason = inherit_weights(student, teacher, pairs, blocks=cfg.kd_init_blocks, channels=channels)
-    report.log_init(reason, f"{channels} channels ({why})")
+    kept = "the most important channels" if channels == "importance" else "evenly spaced channels"
+    report.log_init(reason, f"{kept} ({why})")
     return "the teacher's weights" if reason is None else "a random init"
